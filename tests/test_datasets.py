@@ -1,0 +1,99 @@
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from torch.utils.data import DataLoader
+
+from vidssl.data.datasets import detect_kind, load_dataset, ucf101, video_folder
+from vidssl.data.sampling import ClipTuple, RandomClip, UniformClips
+from vidssl.data.synth import CLASSES, split_test_groups
+from vidssl.data.transforms import train_transform
+
+
+def test_synthetic_dataset_loads_through_the_ucf101_loader(tiny_synth):
+    assert detect_kind(tiny_synth) == "ucf101"
+    names = list(CLASSES)[: TINY.classes]
+    for split in (1, 2, 3):
+        tr = ucf101(tiny_synth, split, "train")
+        te = ucf101(tiny_synth, split, "test")
+        assert tr.classes == te.classes == names
+        assert len(tr) + len(te) == TINY.classes * TINY.groups * TINY.clips
+        assert not tr.skipped and not te.skipped
+        # labels agree with the class folder of every video
+        for ds in (tr, te):
+            for r in ds.records:
+                assert names[r.label] == r.rel.split("/")[0]
+        # group-disjoint, and the test groups are UCF101's blocks
+        train_groups = {r.group for r in tr.records}
+        test_g = {r.group for r in te.records}
+        assert not train_groups & test_g
+        assert test_g == {f"g{k:02d}" for k in split_test_groups(TINY.groups, split)}
+        assert Counter(te.labels) == {c: len(test_g) * TINY.clips for c in range(TINY.classes)}
+
+
+def test_ucf101_grouping_of_test_splits():
+    assert split_test_groups(25, 1) == list(range(1, 8))
+    assert split_test_groups(25, 2) == list(range(8, 15))
+    assert split_test_groups(25, 3) == list(range(15, 22))
+
+
+def test_clips_have_the_asked_shape_and_are_deterministic(tiny_synth):
+    def make(seed):
+        return ucf101(tiny_synth, 1, "train", sampler=RandomClip(8), transform=train_transform(32), seed=seed)
+
+    a, b, c = make(0), make(0), make(1)
+    clip, label = a[2]
+    assert clip.shape == (3, 8, 32, 32) and clip.dtype == torch.uint8
+    assert torch.equal(a[2][0], b[2][0])  # same seed, same clip
+    assert any(not torch.equal(a[i][0], c[i][0]) for i in range(len(a)))  # another seed, other clips
+    a.set_epoch(1)
+    assert any(not torch.equal(a[i][0], b[i][0]) for i in range(len(a)))  # another epoch, other clips
+
+
+def test_workers_do_not_change_the_clips(tiny_synth):
+    ds = ucf101(tiny_synth, 1, "train", sampler=RandomClip(8), transform=train_transform(32), seed=4)
+    serial = torch.cat([x for x, _ in DataLoader(ds, batch_size=4)])
+    parallel = torch.cat([x for x, _ in DataLoader(ds, batch_size=4, num_workers=2)])
+    assert torch.equal(serial, parallel)
+
+
+def test_multi_clip_policies_give_stacked_clips(tiny_synth):
+    ds = ucf101(tiny_synth, 1, "test", sampler=ClipTuple(2, 8, 4), transform=train_transform(32))
+    clip, _ = ds[0]
+    assert clip.shape == (2, 3, 8, 32, 32)
+    ds = ucf101(tiny_synth, 1, "test", sampler=UniformClips(5, 8))
+    clip, _ = ds[0]
+    assert clip.shape == (5, 3, 8, TINY.height, TINY.width)
+    # the uniform clips are the frames at the policy's indices
+    full = ds.read(0, np.arange(TINY.frames))
+    idx = UniformClips(5, 8)(TINY.frames)
+    np.testing.assert_array_equal(clip[3].permute(1, 2, 3, 0).numpy(), full[idx[3]])
+
+
+def test_too_short_for_the_tuple_is_skipped_or_looped(tiny_synth):
+    policy = ClipTuple(3, 16, 8)  # needs 64 frames; the tiny videos have 40
+    ds = ucf101(tiny_synth, 1, "test", sampler=policy)
+    assert len(ds) == 0 and len(ds.skipped) == 6
+    looped = ucf101(tiny_synth, 1, "test", sampler=policy, on_short="loop")
+    assert len(looped) == 6 and looped[0][0].shape[:3] == (3, 3, 16)
+
+
+def test_folder_and_kinetics_layouts(tmp_path, make_video):
+    for split, cls, k in [("train", "jump", 1), ("train", "run", 2), ("val", "run", 3)]:
+        make_video(f"kin/{split}/{cls}/clip{k}.mp4", frames=20, codec="libx264")
+    kin = str(tmp_path / "kin")
+    assert detect_kind(kin) == "kinetics"
+    tr = load_dataset("auto", kin, subset="train")
+    va = load_dataset("kinetics", kin, subset="val")
+    assert tr.classes == va.classes == ["jump", "run"]
+    assert tr.labels == [0, 1] and va.labels == [1]
+    folder = video_folder(kin)
+    assert len(folder) == 3 and set(folder.labels) == {-1}
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        video_folder(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="unknown dataset kind"):
+        load_dataset("imagenet", kin)

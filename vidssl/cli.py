@@ -1,0 +1,137 @@
+"""The `vidssl` command: one subcommand per job, each configured by one dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from .config import add_config_args, config_from_args
+from .data.splits import SplitError
+from .data.synth import SynthConfig
+from .data.video import VideoError
+from .preprocess import PreprocessConfig
+from .stats import STATS_COLUMNS, StatsConfig, format_table
+
+# Errors that are the user's to fix: one line, exit code 2, no traceback (VIDSSL_DEBUG=1 shows it).
+USER_ERRORS = (VideoError, SplitError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError)
+
+
+@dataclass
+class SynthCommand(SynthConfig):
+    out: str = "data/synth"  # folder to write UCF-101/ and ucfTrainTestlist/ into
+    workers: int = 0  # parallel processes (0: one per core)
+
+
+def run_synth(cfg: SynthCommand) -> None:
+    from .data.synth import generate
+
+    start = time.time()
+    conf = SynthConfig(**{k: v for k, v in asdict(cfg).items() if k in SynthConfig.__dataclass_fields__})
+    generate(cfg.out, conf, workers=cfg.workers or None)
+    n = cfg.classes * cfg.groups * cfg.clips
+    print(
+        f"wrote {n} videos ({cfg.classes} classes x {cfg.groups} groups x {cfg.clips} clips, "
+        f"{cfg.frames} frames of {cfg.height}x{cfg.width}) to {cfg.out} in {time.time() - start:.1f}s"
+    )
+
+
+def run_preprocess(cfg: PreprocessConfig) -> None:
+    from .preprocess import preprocess
+
+    r = preprocess(cfg)
+    print(
+        f"cache {r['cache']}: {r['videos']} videos ({r['written_now']} written now, {r['already_cached']} "
+        f"already there, {r['skipped']} skipped as unreadable, listed in skipped.json); "
+        f"{r['cached_bytes'] / 1e6:.1f} MB, {r['bytes_per_video'] / 1e3:.1f} kB per video; {r['seconds']}s"
+    )
+
+
+def run_stats(cfg: StatsConfig) -> None:
+    from .stats import dataset_stats
+
+    rows = dataset_stats(cfg)
+    print(f"{cfg.dataset} ({rows[0]['kind']}, split {cfg.split})")
+    print(format_table(rows, STATS_COLUMNS))
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"  # output folder (dataset, cache and report go here)
+    quick: bool = False  # a smaller dataset for a fast check
+    workers: int = 0  # parallel processes (0: one per core)
+
+
+def run_demo(cfg: DemoConfig) -> None:
+    """The main job that exists so far: make the synthetic dataset, cache its frames, show its statistics."""
+    from .data.synth import generate
+    from .preprocess import preprocess
+    from .stats import dataset_stats
+
+    t0 = time.time()
+    synth = SynthConfig(groups=6, clips=2) if cfg.quick else SynthConfig()
+    data = os.path.join(cfg.out, "synth" if not cfg.quick else "synth-quick")
+    cache = os.path.join(cfg.out, "cache" if not cfg.quick else "cache-quick")
+    print(f"[1/3] synthetic dataset -> {data}")
+    generate(data, synth, workers=cfg.workers or None)
+    print(f"      {time.time() - t0:.1f}s")
+    t1 = time.time()
+    print(f"[2/3] frame cache (jpeg, {synth.height}x{synth.width}) -> {cache}")
+    r = preprocess(PreprocessConfig(data, cache, size=(synth.height, synth.width), workers=cfg.workers))
+    print(
+        f"      {r['videos']} videos, {r['cached_bytes'] / 1e6:.1f} MB, {r['skipped']} skipped; {time.time() - t1:.1f}s"
+    )
+    print("[3/3] dataset statistics")
+    rows = dataset_stats(StatsConfig(data, cache=cache, clip_length=16))
+    print(format_table(rows, STATS_COLUMNS))
+    with open(os.path.join(cfg.out, "dataset.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"done in {time.time() - t0:.1f}s; pretraining and evaluation arrive with later releases")
+
+
+# name -> (config class, runner, positional fields, one-line help)
+COMMANDS = {
+    "synth": (SynthCommand, run_synth, ("out",), "write the embedded synthetic dataset (UCF101 layout)"),
+    "preprocess": (PreprocessConfig, run_preprocess, ("dataset",), "decode a dataset once into a frame cache"),
+    "stats": (StatsConfig, run_stats, ("dataset",), "print what a dataset holds, split by split"),
+    "demo": (DemoConfig, run_demo, (), "the main job on the embedded synthetic dataset"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidssl",
+        description="Self-supervised spatiotemporal feature learning from unlabelled video (3DRotNet, VCOP).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (cls, _, positional, text) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_config_args(p, cls, positional)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="vidssl: warning: %(message)s", level=logging.WARNING)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cls, run, _, _ = COMMANDS[args.command]
+    try:
+        run(config_from_args(cls, args))
+    except USER_ERRORS as e:
+        if os.environ.get("VIDSSL_DEBUG"):
+            raise
+        print(f"vidssl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vidssl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main_exit() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
