@@ -1,0 +1,84 @@
+"""Clip sampling policies: which frame indices a sample reads. Shared by every dataset.
+
+A policy maps (number of frames in the video, a torch.Generator) to an int64 index array of shape
+``(K, T)``: K clips of T frames. ``min_frames`` is the shortest video it can serve without looping;
+shorter videos are skipped or looped by the dataset, as its caller chooses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def _randint(high: int, g: torch.Generator) -> int:
+    """Uniform integer in [0, high] drawn from ``g``."""
+    return int(torch.randint(high + 1, (1,), generator=g))
+
+
+@dataclass(frozen=True)
+class RandomClip:
+    """One clip of ``length`` consecutive frames (every ``stride``-th) at a random start."""
+
+    length: int = 16
+    stride: int = 1
+
+    @property
+    def min_frames(self) -> int:
+        return (self.length - 1) * self.stride + 1
+
+    def __call__(self, num_frames: int, g: torch.Generator) -> np.ndarray:
+        start = _randint(max(num_frames - self.min_frames, 0), g)
+        return (start + np.arange(self.length) * self.stride)[None]
+
+
+@dataclass(frozen=True)
+class UniformClips:
+    """``num_clips`` clips spaced evenly from the first to the last frame (deterministic; testing)."""
+
+    num_clips: int = 10
+    length: int = 16
+    stride: int = 1
+
+    @property
+    def min_frames(self) -> int:
+        return (self.length - 1) * self.stride + 1
+
+    def __call__(self, num_frames: int, g: torch.Generator | None = None) -> np.ndarray:
+        last_start = max(num_frames - self.min_frames, 0)
+        starts = np.linspace(0, last_start, self.num_clips).round().astype(np.int64)
+        return starts[:, None] + np.arange(self.length) * self.stride
+
+
+@dataclass(frozen=True)
+class ClipTuple:
+    """``num_clips`` non-overlapping clips of ``length`` frames, ``interval`` frames apart, in time order.
+
+    The clip-order task (VCOP, section 3.1) shuffles them; here they stay ordered. The tuple spans
+    ``num_clips * length + (num_clips - 1) * interval`` frames (64 for the paper's 3 x 16 with 8).
+    """
+
+    num_clips: int = 3
+    length: int = 16
+    interval: int = 8
+
+    @property
+    def min_frames(self) -> int:
+        return self.num_clips * self.length + (self.num_clips - 1) * self.interval
+
+    def __call__(self, num_frames: int, g: torch.Generator) -> np.ndarray:
+        start = _randint(max(num_frames - self.min_frames, 0), g)
+        starts = start + np.arange(self.num_clips) * (self.length + self.interval)
+        return starts[:, None] + np.arange(self.length)
+
+
+def resample_indices(num_frames: int, target: int) -> np.ndarray:
+    """Indices that resample a video evenly to ``target`` frames (3DRotNet: 160 for Kinetics, 90 for MiT)."""
+    return np.linspace(0, num_frames - 1, target).round().astype(np.int64)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed per (run seed, epoch, sample): the same clips whatever the worker count."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)

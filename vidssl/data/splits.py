@@ -1,0 +1,114 @@
+"""Official split files of UCF101 and HMDB51, parsed strictly with errors that name file and line.
+
+UCF101 (``ucfTrainTestlist/``): ``classInd.txt`` ("1 ApplyEyeMakeup", 1-based), ``trainlist0N.txt``
+("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1") and ``testlist0N.txt`` (path only).
+HMDB51 (``testTrainMulti_7030_splits/``): ``<class>_test_splitN.txt`` with "<video>.avi 1|2|0"
+(1 train, 2 test, 0 unused). Labels are 0-based inside vidssl.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+
+
+class SplitError(ValueError):
+    """A missing or malformed split file; the message names the file (and line) and what to do."""
+
+
+def _lines(path: str):
+    if not os.path.isfile(path):
+        raise SplitError(f"{path}: split file not found; pass the folder with the official split files")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if line:
+                yield number, line
+
+
+def safe_relpath(path: str, where: str) -> str:
+    """A split entry as a clean relative path; refuses absolute paths and '..' (no escaping the root)."""
+    rel = posixpath.normpath(path.replace("\\", "/"))
+    if rel.startswith("/") or rel == ".." or rel.startswith("../") or re.match(r"^[A-Za-z]:", rel):
+        raise SplitError(f"{where}: path {path!r} leaves the dataset folder; split entries must be relative")
+    return rel
+
+
+def read_ucf101_classes(splits_dir: str) -> list[str]:
+    path = os.path.join(splits_dir, "classInd.txt")
+    classes: dict[int, str] = {}
+    for number, line in _lines(path):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise SplitError(f"{path}:{number}: expected '<index> <ClassName>', got {line!r}")
+        classes[int(parts[0])] = parts[1]
+    if sorted(classes) != list(range(1, len(classes) + 1)):
+        raise SplitError(f"{path}: class indices must run 1..N without gaps")
+    return [classes[i] for i in range(1, len(classes) + 1)]
+
+
+def read_ucf101_split(splits_dir: str, split: int, subset: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes, [(relative video path, 0-based label)]) of one official UCF101 split."""
+    if split not in (1, 2, 3) or subset not in ("train", "test"):
+        raise SplitError(f"UCF101 has splits 1, 2, 3 and subsets train/test, not split {split} {subset!r}")
+    classes = read_ucf101_classes(splits_dir)
+    # Folder and list spell one class "HandstandPushups", file names "HandStandPushups": match loosely.
+    by_lower = {c.lower(): i for i, c in enumerate(classes)}
+    path = os.path.join(splits_dir, f"{subset}list0{split}.txt")
+    items = []
+    for number, line in _lines(path):
+        parts = line.split()
+        where = f"{path}:{number}"
+        if subset == "train" and (len(parts) != 2 or not parts[1].isdigit()):
+            raise SplitError(f"{where}: expected '<Class>/<video>.avi <label>', got {line!r}")
+        if subset == "test" and len(parts) != 1:
+            raise SplitError(f"{where}: expected '<Class>/<video>.avi', got {line!r}")
+        rel = safe_relpath(parts[0], where)
+        folder = rel.split("/")[0]
+        if "/" not in rel or folder.lower() not in by_lower:
+            raise SplitError(f"{where}: class folder {folder!r} is not in classInd.txt")
+        label = by_lower[folder.lower()]
+        if subset == "train" and int(parts[1]) - 1 != label:
+            raise SplitError(f"{where}: label {parts[1]} disagrees with classInd.txt ({classes[label]} is {label + 1})")
+        items.append((rel, label))
+    return classes, items
+
+
+HMDB_SUBSETS = {"train": "1", "test": "2", "unused": "0"}
+
+
+def read_hmdb51_split(splits_dir: str, split: int, subset: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes, [(relative video path, 0-based label)]) of one official HMDB51 split."""
+    if split not in (1, 2, 3) or subset not in HMDB_SUBSETS:
+        raise SplitError(f"HMDB51 has splits 1, 2, 3 and subsets train/test/unused, not split {split} {subset!r}")
+    if not os.path.isdir(splits_dir):
+        raise SplitError(f"{splits_dir}: split folder not found; pass the testTrainMulti_7030_splits folder")
+    suffix = f"_test_split{split}.txt"
+    files = sorted(f for f in os.listdir(splits_dir) if f.endswith(suffix))
+    if not files:
+        raise SplitError(f"{splits_dir}: no '*{suffix}' files; is this the testTrainMulti_7030_splits folder?")
+    classes = [f[: -len(suffix)] for f in files]
+    items = []
+    for label, (cls, fname) in enumerate(zip(classes, files)):
+        path = os.path.join(splits_dir, fname)
+        for number, line in _lines(path):
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise SplitError(f"{path}:{number}: expected '<video>.avi 0|1|2', got {line!r}")
+            if parts[1] == HMDB_SUBSETS[subset]:
+                items.append((safe_relpath(f"{cls}/{parts[0]}", f"{path}:{number}"), label))
+    return classes, items
+
+
+def ucf101_group(rel: str) -> str:
+    """'gXX' of a UCF101-style name (v_<Class>_gXX_cYY.avi): clips of a group share actor and scene."""
+    m = re.search(r"_g(\d+)_c\d+", os.path.basename(rel))
+    return f"g{m.group(1)}" if m else ""
+
+
+def hmdb51_group(rel: str) -> str:
+    """The source film of an HMDB51 clip: the name before '_<class>_'."""
+    cls, name = rel.split("/")[0], os.path.basename(rel)
+    i = name.rfind(f"_{cls}_")
+    return name[:i] if i > 0 else ""
