@@ -14,6 +14,7 @@ from .config import add_config_args, config_from_args
 from .data.splits import SplitError
 from .data.synth import SynthConfig
 from .data.video import VideoError
+from .info import InfoConfig
 from .preprocess import PreprocessConfig
 from .stats import STATS_COLUMNS, StatsConfig, format_table
 
@@ -59,6 +60,16 @@ def run_stats(cfg: StatsConfig) -> None:
     print(format_table(rows, STATS_COLUMNS))
 
 
+def run_info(cfg: InfoConfig) -> None:
+    from .info import info
+
+    rows = info(cfg)
+    for r in rows:
+        r["params"] = f"{r['params']:,}"
+    print(f"clip 3x{cfg.frames}x{cfg.size[0]}x{cfg.size[1]}, width {cfg.width}; FLOPs = 2 x multiply-adds, forward")
+    print(format_table(rows, ["backbone", "params", "gflops", "feature", "conv5", "retrieval"]))
+
+
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"  # output folder (dataset, cache and report go here)
@@ -98,6 +109,7 @@ COMMANDS = {
     "synth": (SynthCommand, run_synth, ("out",), "write the embedded synthetic dataset (UCF101 layout)"),
     "preprocess": (PreprocessConfig, run_preprocess, ("dataset",), "decode a dataset once into a frame cache"),
     "stats": (StatsConfig, run_stats, ("dataset",), "print what a dataset holds, split by split"),
+    "info": (InfoConfig, run_info, (), "parameters, FLOPs and feature shapes of every backbone"),
     "demo": (DemoConfig, run_demo, (), "the main job on the embedded synthetic dataset"),
 }
 

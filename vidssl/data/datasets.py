@@ -63,8 +63,21 @@ class ClipDataset(Dataset):
         seed: clips are a pure function of (seed, epoch, index); see ``set_epoch``.
     """
 
-    def __init__(self, root, records, classes=(), sampler=None, transform=None, cache=None,
-                 size=None, resample=None, on_short="skip", seed=0, name="videos", progress=None):
+    def __init__(
+        self,
+        root,
+        records,
+        classes=(),
+        sampler=None,
+        transform=None,
+        cache=None,
+        size=None,
+        resample=None,
+        on_short="skip",
+        seed=0,
+        name="videos",
+        progress=None,
+    ):
         if on_short not in ("skip", "loop"):
             raise ValueError(f"on_short must be 'skip' or 'loop', not {on_short!r}")
         self.root = os.fspath(root)
@@ -95,8 +108,11 @@ class ClipDataset(Dataset):
                 continue
             if n < self.sampler.min_frames:
                 if on_short == "skip":
-                    self._skip(rec, f"{self._path(rec)}: {n} frames, shorter than the {self.sampler.min_frames} "
-                                    f"the sampling needs (on_short='loop' repeats short videos)")
+                    self._skip(
+                        rec,
+                        f"{self._path(rec)}: {n} frames, shorter than the {self.sampler.min_frames} "
+                        f"the sampling needs (on_short='loop' repeats short videos)",
+                    )
                     continue
                 self.looped += 1
             self.records.append(rec)

@@ -121,7 +121,7 @@ def _actor_sprite(style: int, height: int, colors: np.ndarray, facing: int) -> n
     return np.dstack([rgb, alpha.astype(np.float32)])
 
 
-def _transform_sprite(sprite: np.ndarray, scale: float, angle: float, pivot_v: float) -> tuple[np.ndarray, float, float]:
+def _transform_sprite(sprite: np.ndarray, scale: float, angle: float, pivot_v: float):
     """Scale and rotate (radians, clockwise on screen) an RGBA sprite about the point at relative
     height ``pivot_v`` on its centre line, by nearest-neighbour inverse mapping.
 
@@ -145,11 +145,11 @@ def _paste(frame: np.ndarray, sprite: np.ndarray, top: float, left: float) -> No
     """Alpha-composite an RGBA sprite onto ``frame`` in place, clipped at the borders."""
     H, W = frame.shape[:2]
     h, w = sprite.shape[:2]
-    t, l = int(round(top)), int(round(left))
-    y0, y1, x0, x1 = max(t, 0), min(t + h, H), max(l, 0), min(l + w, W)
+    t, lf = int(round(top)), int(round(left))
+    y0, y1, x0, x1 = max(t, 0), min(t + h, H), max(lf, 0), min(lf + w, W)
     if y0 >= y1 or x0 >= x1:
         return
-    sp = sprite[y0 - t : y1 - t, x0 - l : x1 - l]
+    sp = sprite[y0 - t : y1 - t, x0 - lf : x1 - lf]
     a = sp[..., 3:4]
     region = frame[y0:y1, x0:x1]
     region *= 1 - a
@@ -276,8 +276,15 @@ def render_video(cfg: SynthConfig, cls: int, group: int, clip: int) -> np.ndarra
     clouds = []
     if rng.random() < 0.3:
         for _ in range(rng.integers(1, 4)):
-            clouds.append((rng.uniform(0.05, 0.35) * H, rng.uniform(0, W), rng.uniform(0.1, 0.2) * W,
-                           rng.uniform(0.04, 0.07) * H, rng.uniform(-0.3, 0.3)))
+            clouds.append(
+                (
+                    rng.uniform(0.05, 0.35) * H,
+                    rng.uniform(0, W),
+                    rng.uniform(0.1, 0.2) * W,
+                    rng.uniform(0.04, 0.07) * H,
+                    rng.uniform(-0.3, 0.3),
+                )
+            )
     # Distractors: 90-degree-symmetric shapes circling with a period that divides 24 frames.
     distractors = []
     for _ in range(rng.integers(1, 4)):
@@ -285,9 +292,16 @@ def render_video(cfg: SynthConfig, cls: int, group: int, clip: int) -> np.ndarra
         shape = np.zeros((int(2 * r) + 1,) * 2 + (4,), np.float32)
         m = _disc(*shape.shape[:2], r, r, r) if rng.random() < 0.5 else np.ones(shape.shape[:2], bool)
         shape[m] = [*(look["distractor"] + rng.normal(0, 30, 3)).clip(0, 255), 1.0]
-        distractors.append((shape, rng.uniform(0.2, 0.8) * H, rng.uniform(0.15, 0.85) * W,
-                            rng.uniform(0.05, 0.15) * H, rng.choice([8, 12, 24]) * rng.choice([-1, 1]),
-                            rng.uniform(0, 2 * np.pi)))
+        distractors.append(
+            (
+                shape,
+                rng.uniform(0.2, 0.8) * H,
+                rng.uniform(0.15, 0.85) * W,
+                rng.uniform(0.05, 0.15) * H,
+                rng.choice([8, 12, 24]) * rng.choice([-1, 1]),
+                rng.uniform(0, 2 * np.pi),
+            )
+        )
 
     size = look["size"] * H * rng.uniform(0.9, 1.1)
     colors = (look["colors"] + rng.normal(0, 10, (3, 3))).clip(0, 255).astype(np.float32)

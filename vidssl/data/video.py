@@ -188,9 +188,7 @@ def read_frames(
     finally:
         container.close()
     if len(frames) != stop - start:
-        raise VideoError(
-            path, f"decoded {len(frames)} of {stop - start} frames from {start} (truncated or corrupt)"
-        )
+        raise VideoError(path, f"decoded {len(frames)} of {stop - start} frames from {start} (truncated or corrupt)")
     return np.stack(frames)
 
 
@@ -207,8 +205,9 @@ def read_indices(
     return span[idx - lo]
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0, codec: str = "mpeg4",
-                bit_rate: int | None = None) -> None:
+def write_video(
+    path: str | os.PathLike, frames: np.ndarray, fps: float = 25.0, codec: str = "mpeg4", bit_rate: int | None = None
+) -> None:
     """Write uint8 ``(T, H, W, 3)`` RGB frames as a video (even H and W for yuv420p)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:

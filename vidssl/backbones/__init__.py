@@ -1,0 +1,54 @@
+"""3D CNN backbones as plain ``nn.Module``s, and a registry to build them by name.
+
+Every backbone takes clips ``(B, 3, T, H, W)`` and returns a pooled feature ``(B, num_features)``
+(adaptive average pooling, so any clip size works); the classifier is not part of it. Each also has
+- ``forward_features(x)``: the conv5 map before pooling, ``(B, C, T', H', W')``;
+- ``block_names``: its blocks ``conv1`` .. ``conv5``, attributes of the module, in order, so that
+  fine-tuning can freeze everything before ``conv_k`` (3DRotNet Fig. 4a);
+- ``first_conv``: its first ``nn.Conv3d`` (kernel pictures, attention maps).
+``width`` scales every channel count (0.25 gives CPU-sized versions of the same architectures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Add a backbone factory ``fn(width=1.0) -> nn.Module`` under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def build(name: str, width: float = 1.0) -> nn.Module:
+    """A backbone by name, e.g. ``build("r3d_18", width=0.25)``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(_REGISTRY)}")
+    if not width > 0:
+        raise ValueError(f"width must be positive, not {width}")
+    return _REGISTRY[name](width=width)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def retrieval_feature(conv5: torch.Tensor) -> torch.Tensor:
+    """VCOP's retrieval feature (section 4.1): conv5 max-pooled by (1, 2, 2) and flattened.
+
+    For a 16x112x112 clip, 512 x 2 x 7 x 7 -> 512 x 2 x 3 x 3 = 9216 values."""
+    return F.max_pool3d(conv5, kernel_size=(1, 2, 2)).flatten(1)
+
+
+# The families register themselves on import.
+from . import c3d, resnet3d  # noqa: E402,F401
