@@ -10,16 +10,27 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from .checkpoint import CheckpointError
 from .config import add_config_args, config_from_args
 from .data.splits import SplitError
 from .data.synth import SynthConfig
 from .data.video import VideoError
 from .info import InfoConfig
 from .preprocess import PreprocessConfig
+from .pretrain import PretrainConfig
 from .stats import STATS_COLUMNS, StatsConfig, format_table
 
 # Errors that are the user's to fix: one line, exit code 2, no traceback (VIDSSL_DEBUG=1 shows it).
-USER_ERRORS = (VideoError, SplitError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError)
+USER_ERRORS = (
+    VideoError,
+    SplitError,
+    CheckpointError,
+    FileNotFoundError,
+    NotADirectoryError,
+    FileExistsError,
+    ValueError,
+    FloatingPointError,
+)
 
 
 @dataclass
@@ -58,6 +69,14 @@ def run_stats(cfg: StatsConfig) -> None:
     rows = dataset_stats(cfg)
     print(f"{cfg.dataset} ({rows[0]['kind']}, split {cfg.split})")
     print(format_table(rows, STATS_COLUMNS))
+
+
+def run_pretrain(cfg: PretrainConfig) -> None:
+    from .pretrain import pretrain
+
+    path = pretrain(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {path}")
 
 
 def run_info(cfg: InfoConfig) -> None:
@@ -109,6 +128,7 @@ COMMANDS = {
     "synth": (SynthCommand, run_synth, ("out",), "write the embedded synthetic dataset (UCF101 layout)"),
     "preprocess": (PreprocessConfig, run_preprocess, ("dataset",), "decode a dataset once into a frame cache"),
     "stats": (StatsConfig, run_stats, ("dataset",), "print what a dataset holds, split by split"),
+    "pretrain": (PretrainConfig, run_pretrain, ("dataset",), "self-supervised pretraining (rotation, clip order)"),
     "info": (InfoConfig, run_info, (), "parameters, FLOPs and feature shapes of every backbone"),
     "demo": (DemoConfig, run_demo, (), "the main job on the embedded synthetic dataset"),
 }

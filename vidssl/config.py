@@ -53,7 +53,9 @@ def _kind(tp):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         inner = [a for a in args if a is not type(None)][0]
-        conv, choices, _ = _kind(inner)
+        conv, choices, is_bool = _kind(inner)
+        if is_bool:  # --x / --no-x, default None ("decided at run time")
+            return None, None, True
         return (conv if conv is parse_size else _optional(conv)), choices, False
     if tp is bool:
         return None, None, True
@@ -77,7 +79,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
         conv, choices, is_bool = _kind(hints[f.name])
         has_default = f.default is not dataclasses.MISSING
         default = f.default if has_default else None
-        text = helps.get(f.name, "")
+        text = helps.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if f.name in positional:
             extra = (
                 {"nargs": "?", "default": default, "help": f"{text} (default: {_show(default)})"}
@@ -99,7 +101,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
                 default=default,
                 required=not has_default,
                 help=f"{text} (default: {_show(default)})" if has_default else text,
-                metavar=None if choices else f.name.upper(),
+                metavar="{" + "|".join(map(str, choices)) + "}" if choices else f.name.upper(),
             )
 
 

@@ -43,6 +43,25 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Under CPU bf16 autocast these blocks run in fp32: oneDNN's bf16 weight-gradient kernels for their
+# small feature maps gave different results on the same batch (and now and then inf), measured on
+# torch 2.13 (README, performance notes); in fp32 the step is deterministic and no slower there.
+FP32_BLOCKS_ON_CPU = ("conv4", "conv5")
+
+
+def run_blocks(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv1`` .. ``conv5`` of a backbone in order: its conv5 feature map."""
+    cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    for name in model.block_names:
+        block = getattr(model, name)
+        if cpu_bf16 and name in FP32_BLOCKS_ON_CPU:
+            with torch.autocast("cpu", enabled=False):
+                x = block(x.float())
+        else:
+            x = block(x)
+    return x
+
+
 def retrieval_feature(conv5: torch.Tensor) -> torch.Tensor:
     """VCOP's retrieval feature (section 4.1): conv5 max-pooled by (1, 2, 2) and flattened.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register
+from . import register, run_blocks
 
 
 def _conv(cin: int, cout: int) -> list[nn.Module]:
@@ -33,9 +33,7 @@ class C3D(nn.Module):
         return self.conv1[0]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.block_names:
-            x = getattr(self, name)(x)
-        return x
+        return run_blocks(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).mean(dim=(2, 3, 4))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
+from . import register, run_blocks
 
 Builder = Callable[[int, int, tuple, tuple, tuple], nn.Module]
 
@@ -104,9 +104,7 @@ class VideoResNet(nn.Module):
         return next(m for m in self.conv1.modules() if isinstance(m, nn.Conv3d))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.block_names:
-            x = getattr(self, name)(x)
-        return x
+        return run_blocks(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).mean(dim=(2, 3, 4))

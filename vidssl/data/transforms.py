@@ -118,5 +118,18 @@ def train_transform(crop_size: int = 112, flip: float = 0.5) -> Compose:
     return Compose(RandomCrop(crop_size), RandomHorizontalFlip(flip))
 
 
-def test_transform(crop_size: int = 112) -> Compose:
+def eval_transform(crop_size: int = 112) -> Compose:
     return Compose(CenterCrop(crop_size))
+
+
+def to_input(clips: torch.Tensor, modality: str = "rgb") -> torch.Tensor:
+    """uint8 clips ``(..., C, T, H, W)`` from a loader -> the network's float input.
+
+    "rgb": normalised frames. "dif": 3DRotNet's frame difference of the normalised frames, so a
+    loader asked for T+1 frames gives T differences."""
+    x = normalize(clips)
+    if modality == "dif":
+        return frame_difference(x)
+    if modality != "rgb":
+        raise ValueError(f"unknown modality {modality!r}; choose rgb or dif")
+    return x

@@ -1,0 +1,154 @@
+"""3DRotNet's pretext (Jing et al., section 3): rotate every frame of a clip by one angle, predict it.
+
+Multiples of 90 degrees are exact index operations (``torch.rot90``), no interpolation. The 8-way
+set (45-degree steps) and the 360-degree regression rotate by bilinear sampling and then centre-crop
+every clip (all angles alike) to the largest square that stays inside the rotated frame, so no
+empty corner gives the angle away; the paper attributes the weaker transfer of these variants to the
+context this crop loses (section 4.6).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.sampling import RandomClip
+from ..data.transforms import center_crop
+
+# Table 3's sets, the 8-way set and the 360-degree regression (None).
+ROTATION_SETS: dict[str, tuple[int, ...] | None] = {
+    "0,90": (0, 90),
+    "0,90,180": (0, 90, 180),
+    "90,180,270": (90, 180, 270),
+    "0,90,180,270": (0, 90, 180, 270),
+    "8way": tuple(range(0, 360, 45)),
+    "360": None,
+}
+
+
+def rotate(clips: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate every frame of clips ``(..., T, H, W)`` counter-clockwise by ``degrees``.
+
+    Multiples of 90 are exact (``torch.rot90``); other angles sample bilinearly with zero padding."""
+    if degrees % 90 == 0:
+        return torch.rot90(clips, int(degrees // 90) % 4, dims=(-2, -1))
+    return rotate_each(clips.unsqueeze(0), torch.tensor([float(degrees)]))[0]
+
+
+def rotate_each(clips: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate clip ``b`` of ``(B, C, T, H, W)`` counter-clockwise by ``degrees[b]`` (bilinear)."""
+    b, c, t, h, w = clips.shape
+    rad = degrees.to(clips.device, torch.float32) * (math.pi / 180)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    # affine_grid maps output to input coordinates (x right, y down): a counter-clockwise turn on
+    # screen samples the input at R(+theta) of the output position.
+    theta = torch.stack(
+        [torch.stack([cos, -sin, torch.zeros_like(cos)], 1), torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1
+    )  # (B, 2, 3)
+    theta = theta.repeat_interleave(t, 0).to(clips.dtype)
+    frames = clips.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    grid = F.affine_grid(theta, (b * t, c, h, w), align_corners=False)
+    out = F.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def safe_crop_size(size: int) -> int:
+    """Side of the centred square that stays inside a ``size`` square rotated by any angle
+    (size / sqrt 2, less a pixel for the bilinear edge)."""
+    return int(size / math.sqrt(2)) - 1
+
+
+class RotationTask(nn.Module):
+    """Rotation prediction. Head as the paper: feature -> FC 64 -> ReLU -> FC K (1 for regression).
+
+    Args:
+        feature_dim: the backbone's pooled feature size.
+        rotations: a key of ROTATION_SETS.
+        mode: "all" puts every rotation of every clip in the batch (the paper: B clips give K*B
+            inputs, block k holding rotation k of every clip); "random" draws one rotation per clip.
+        loss: "l1" or "l2" for the 360-degree regression (the target is the angle in turns, [0, 1)).
+    """
+
+    name = "rotation"
+
+    def __init__(self, feature_dim: int, rotations: str = "0,90,180,270", mode: str = "all", loss: str = "l1"):
+        super().__init__()
+        if rotations not in ROTATION_SETS:
+            raise ValueError(f"unknown rotation set {rotations!r}; choose one of {', '.join(ROTATION_SETS)}")
+        if mode not in ("all", "random"):
+            raise ValueError(f"rotation mode must be 'all' or 'random', not {mode!r}")
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"regression loss must be l1 or l2, not {loss!r}")
+        self.rotations, self.mode, self.loss_kind = rotations, mode, loss
+        self.angles = ROTATION_SETS[rotations]
+        self.regression = self.angles is None
+        out = 1 if self.regression else len(self.angles)
+        self.head = nn.Sequential(nn.Linear(feature_dim, 64), nn.ReLU(inplace=True), nn.Linear(64, out))
+        self.exact = not self.regression and all(a % 90 == 0 for a in self.angles)
+
+    @staticmethod
+    def sampler(clip_length: int) -> RandomClip:
+        return RandomClip(clip_length)
+
+    @property
+    def chance(self) -> float:
+        return 1 / 8 if self.regression else 1 / len(self.angles)
+
+    def make_batch(self, clips: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float clips ``(B, C, T, H, W)`` -> (rotated inputs, targets).
+
+        Classification targets are indices into the rotation set; regression targets are angles in
+        turns. Random draws come from ``g`` (a CPU generator)."""
+        b, _, _, h, w = clips.shape
+        if h != w and not self.exact:
+            raise ValueError(f"rotation by other than 90-degree steps needs square clips, got {h}x{w}")
+        if h != w and any(a % 180 for a in (self.angles or ())):
+            raise ValueError(f"rotating by 90 degrees needs square clips, got {h}x{w}; crop them square")
+        dev = clips.device
+        if self.regression:
+            turns = torch.rand(b, generator=g)
+            x = rotate_each(clips, turns * 360)
+            return center_crop(x, (safe_crop_size(h),) * 2), turns.to(dev)
+        k = len(self.angles)
+        if self.mode == "all":
+            labels = torch.arange(k).repeat_interleave(b)
+            if self.exact:
+                x = torch.cat([rotate(clips, a) for a in self.angles])
+            else:
+                x = rotate_each(clips.repeat(k, 1, 1, 1, 1), torch.tensor(self.angles).repeat_interleave(b).float())
+        else:
+            labels = torch.randint(k, (b,), generator=g)
+            if self.exact:
+                x = torch.stack([rotate(clips[i], self.angles[int(labels[i])]) for i in range(b)])
+            else:
+                x = rotate_each(clips, torch.tensor(self.angles, dtype=torch.float32)[labels])
+        if not self.exact:
+            x = center_crop(x, (safe_crop_size(h),) * 2)
+        return x, labels.to(dev)
+
+    def forward(self, backbone: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(backbone(inputs))
+
+    def loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            err = out.squeeze(1).float() - targets
+            return err.abs().mean() if self.loss_kind == "l1" else err.square().mean()
+        return F.cross_entropy(out.float(), targets)
+
+    @torch.no_grad()
+    def metrics(self, out: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Accuracy; for regression, the share within 22.5 degrees (the nearest of 8 steps) and the
+        mean circular error in degrees."""
+        if self.regression:
+            diff = (out.squeeze(1).float() - targets).remainder(1.0)
+            err = torch.minimum(diff, 1 - diff) * 360
+            return {"acc": (err < 22.5).float().mean().item(), "deg_err": err.mean().item()}
+        return {"acc": (out.argmax(1) == targets).float().mean().item()}
+
+    def step(self, backbone: nn.Module, clips: torch.Tensor, g: torch.Generator):
+        inputs, targets = self.make_batch(clips, g)
+        out = self.forward(backbone, inputs)
+        return self.loss(out, targets), self.metrics(out, targets)
