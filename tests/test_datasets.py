@@ -97,3 +97,13 @@ def test_folder_and_kinetics_layouts(tmp_path, make_video):
         video_folder(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="unknown dataset kind"):
         load_dataset("imagenet", kin)
+
+
+def test_select_copies_without_probing_again(tiny_synth):
+    ds = ucf101(tiny_synth, 1, "train", sampler=RandomClip(8), transform=train_transform(32))
+    sub = ds.select([2, 0], transform=None, seed=9)
+    assert [r.rel for r in sub.records] == [ds.records[2].rel, ds.records[0].rel]
+    assert sub.num_frames == [ds.num_frames[2], ds.num_frames[0]] and len(ds) == 12
+    assert sub[0][0].shape == (3, 8, TINY.height, TINY.width) and ds.transform is not None
+    with pytest.raises(AttributeError, match="no attribute 'colour'"):
+        ds.select([0], colour=1)

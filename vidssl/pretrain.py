@@ -218,21 +218,8 @@ def pretrain(cfg: PretrainConfig) -> str:
     if size is not None and min(size) < cfg.crop:
         raise ValueError(f"--crop {cfg.crop} is larger than the frames ({size[0]}x{size[1]})")
     train_idx, val_idx = split_videos(len(full), cfg.val_videos, cfg.data_fraction, cfg.seed)
-    train_set = _subset(full, train_idx)
-    val_set = (
-        _subset(
-            load_dataset(
-                cfg.kind,
-                cfg.dataset,
-                transform=eval_transform(cfg.crop),
-                seed=cfg.seed + 1,
-                **{**common, "progress": False},
-            ),
-            val_idx,
-        )
-        if val_idx
-        else None
-    )
+    train_set = full.select(train_idx)
+    val_set = full.select(val_idx, transform=eval_transform(cfg.crop), seed=cfg.seed + 1) if val_idx else None
 
     model = PretextModel(backbone, task).to(device)
     if world > 1 and device.type == "cuda":
@@ -318,14 +305,6 @@ def _report_collapse(cfg: PretrainConfig, task: nn.Module, summary: dict) -> Non
         )
     if summary["skipped_steps"]:
         log.warning("%d steps skipped for non-finite gradients", summary["skipped_steps"])
-
-
-def _subset(ds, indices):
-    """Keep only the videos at ``indices`` (the dataset stays one ClipDataset)."""
-    ds.records = [ds.records[i] for i in indices]
-    ds.num_frames = [ds.num_frames[i] for i in indices]
-    ds._infos = [ds._infos[i] for i in indices]
-    return ds
 
 
 def load_pretext_model(path: str, device: str | torch.device = "cpu") -> tuple[PretextModel, PretrainConfig]:

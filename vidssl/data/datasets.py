@@ -12,6 +12,7 @@ the policy (unless ``on_short="loop"``), are skipped with one warning each and c
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections import Counter
@@ -172,6 +173,19 @@ class ClipDataset(Dataset):
         if k > 1:
             clip = clip.reshape(clip.shape[0], k, t, *clip.shape[-2:]).transpose(0, 1)
         return clip, self.records[i].label
+
+    def select(self, indices, **changes) -> ClipDataset:
+        """A copy holding only the videos at ``indices`` (no video is probed again); ``changes``
+        replace attributes such as ``transform`` or ``seed``."""
+        new = copy.copy(self)
+        new.records = [self.records[i] for i in indices]
+        new.num_frames = [self.num_frames[i] for i in indices]
+        new._infos = [self._infos[i] for i in indices]
+        for name, value in changes.items():
+            if not hasattr(self, name):
+                raise AttributeError(f"ClipDataset has no attribute {name!r}")
+            setattr(new, name, value)
+        return new
 
     def summary(self) -> dict:
         """Statistics for reports: counts, classes, groups, frames, skipped."""
