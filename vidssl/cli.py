@@ -15,9 +15,13 @@ from .config import add_config_args, config_from_args
 from .data.splits import SplitError
 from .data.synth import SynthConfig
 from .data.video import VideoError
+from .finetune import FinetuneConfig
+from .fuse import FuseConfig
 from .info import InfoConfig
 from .preprocess import PreprocessConfig
-from .pretrain import PretrainConfig
+from .pretrain import EvalPretextConfig, PretrainConfig
+from .probe import ProbeConfig
+from .retrieval import RetrieveConfig
 from .stats import STATS_COLUMNS, StatsConfig, format_table
 
 # Errors that are the user's to fix: one line, exit code 2, no traceback (VIDSSL_DEBUG=1 shows it).
@@ -79,6 +83,79 @@ def run_pretrain(cfg: PretrainConfig) -> None:
         print(f"best checkpoint: {path}")
 
 
+def run_finetune(cfg: FinetuneConfig) -> None:
+    from .finetune import finetune
+
+    res = finetune(cfg)
+    rows = [
+        {
+            "seed": r["seed"],
+            "train videos": r["train_videos"],
+            "test videos": r["videos"],
+            "video top-1": f"{100 * r['video_top1']:.1f}",
+            "clip top-1": f"{100 * r['clip_top1']:.1f}",
+        }
+        for r in res["runs"]
+    ]
+    print(format_table(rows, list(rows[0])))
+    s = res["summary"]
+    print(
+        f"video top-1 {100 * s['video_top1']['mean']:.1f} +- {100 * s['video_top1']['std']:.1f} "
+        f"(clip {100 * s['clip_top1']['mean']:.1f} +- {100 * s['clip_top1']['std']:.1f}) over "
+        f"{len(res['runs'])} seed(s); {os.path.join(cfg.out, 'results.json')}"
+    )
+
+
+def run_retrieve(cfg: RetrieveConfig) -> None:
+    from .retrieval import retrieve
+
+    res = retrieve(cfg)
+    print(
+        f"{res['query_videos']} query videos, {res['gallery_videos']} gallery videos, "
+        f"{res['feature_dim']}-d features ({cfg.feature}) from {res['source']['init']}"
+    )
+    if "clip" in res:
+        rows = [
+            {"level": lvl, **{f"top-{k}": f"{100 * v:.1f}" for k, v in res[lvl].items()}} for lvl in ("clip", "video")
+        ]
+        print(format_table(rows, list(rows[0])))
+    print(f"nearest neighbours: {os.path.join(cfg.out, 'neighbours.csv')}")
+
+
+def run_eval_pretext(cfg: EvalPretextConfig) -> None:
+    from .pretrain import eval_pretext
+
+    rows = eval_pretext(cfg)
+    for r in rows:
+        r["checkpoint"] = os.path.basename(r["checkpoint"])
+    print(format_table(rows, list(rows[0])))
+
+
+def run_fuse(cfg: FuseConfig) -> None:
+    from .fuse import fuse
+
+    r = fuse(cfg)
+    print(
+        format_table(
+            [
+                {"model": n, "video top-1": f"{100 * r[k]:.1f}"}
+                for n, k in (("A " + cfg.a, "a"), ("B " + cfg.b, "b"), ("fused (geometric mean)", "fused"))
+            ],
+            ["model", "video top-1"],
+        )
+    )
+
+
+def run_probe(cfg: ProbeConfig) -> None:
+    from .probe import probe
+
+    r = probe(cfg)
+    print(
+        f"linear probe top-1 {100 * r['linear_top1']:.1f}, {cfg.k}-NN top-1 {100 * r['knn_top1']:.1f} "
+        f"({r['train_videos']} train / {r['test_videos']} test videos, {r['feature_dim']}-d)"
+    )
+
+
 def run_info(cfg: InfoConfig) -> None:
     from .info import info
 
@@ -129,6 +206,16 @@ COMMANDS = {
     "preprocess": (PreprocessConfig, run_preprocess, ("dataset",), "decode a dataset once into a frame cache"),
     "stats": (StatsConfig, run_stats, ("dataset",), "print what a dataset holds, split by split"),
     "pretrain": (PretrainConfig, run_pretrain, ("dataset",), "self-supervised pretraining (rotation, clip order)"),
+    "finetune": (FinetuneConfig, run_finetune, ("dataset",), "fine-tune for action recognition and test"),
+    "retrieve": (RetrieveConfig, run_retrieve, ("dataset",), "nearest-neighbour video retrieval (top-k)"),
+    "eval-pretext": (
+        EvalPretextConfig,
+        run_eval_pretext,
+        ("checkpoints", "dataset"),
+        "pretext accuracy of checkpoints",
+    ),
+    "fuse": (FuseConfig, run_fuse, ("a", "b"), "late fusion of two fine-tuned models (RGB + DIF)"),
+    "probe": (ProbeConfig, run_probe, ("dataset",), "linear and k-NN classifiers on frozen features"),
     "info": (InfoConfig, run_info, (), "parameters, FLOPs and feature shapes of every backbone"),
     "demo": (DemoConfig, run_demo, (), "the main job on the embedded synthetic dataset"),
 }

@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from . import backbones
+from .checkpoint import read_meta
 from .data.datasets import load_dataset
 from .data.sampling import sample_seed
 from .data.transforms import eval_transform, to_input, train_transform
 from .tasks import ClipOrderTask, JointTask, RotationTask
-from .train import LoopConfig, distributed, fit
+from .train import distributed, fit, loop_config
 
 log = logging.getLogger("vidssl")
 
@@ -100,6 +101,7 @@ class PretrainConfig:
     bf16: bool = True  # bf16 autocast where the hardware supports it (checked at start)
     channels_last: bool | None = None  # channels_last_3d memory format; default on CUDA only
     ckpt_every: int = 1000  # steps between checkpoints of the last state
+    keep_every: int = 0  # also keep checkpoints/stepNNNNNNN every N steps, for `vidssl eval-pretext` series (0: never)
     log_every: int = 10  # steps between log rows
     seed: int = 0  # the same seed gives the same run on CPU
     resume: bool = False  # continue from OUT/checkpoints/last
@@ -228,24 +230,7 @@ def pretrain(cfg: PretrainConfig) -> str:
         model = model.to(memory_format=torch.channels_last_3d)
     steps_per_epoch = len(train_set) // (cfg.batch_size * world)
     total = cfg.iters if cfg.iters is not None else cfg.epochs * max(steps_per_epoch, 1)
-    loop = LoopConfig(
-        cfg.batch_size,
-        total,
-        cfg.lr,
-        cfg.momentum,
-        cfg.weight_decay,
-        cfg.lr_decay_every,
-        0.1,
-        cfg.optimizer,
-        cfg.schedule,
-        cfg.warmup,
-        workers,
-        cfg.ckpt_every,
-        cfg.log_every,
-        cfg.seed,
-        cfg.progress,
-        cfg.tensorboard,
-    )
+    loop = loop_config(cfg, batch_size=cfg.batch_size, total_steps=total, workers=workers)
     meta = {
         "kind": "pretrain",
         "backbone": cfg.backbone,
@@ -345,3 +330,78 @@ def pretext_accuracy(model: PretextModel, cfg: PretrainConfig, dataset, draws: i
                 totals[k] = totals.get(k, 0.0) + v * len(clips)
             n += len(clips)
     return {k: v / max(n, 1) for k, v in totals.items()}
+
+
+@dataclass
+class EvalPretextConfig:
+    checkpoints: str  # pretraining checkpoints, comma-separated, or a checkpoints/ folder (every one, by step)
+    dataset: str  # dataset to measure the pretext on (e.g. UCF101 after pretraining on Kinetics)
+    out: str = "runs/eval-pretext"  # output folder: pretext.csv, pretext.json
+    kind: Literal["auto", "ucf101", "hmdb51", "kinetics", "folder"] = "auto"  # dataset layout
+    split: int = 1  # official split
+    subset: Literal["train", "test"] = "test"  # which videos
+    cache: str | None = None  # frame cache (else frames are resized as in pretraining)
+    draws: int = 1  # random draws (rotations, orders, clips) per video
+    downstream: str | None = None  # comma-separated fine-tuning results.json, one per checkpoint (3DRotNet Fig. 4b)
+
+
+def _checkpoint_list(spec: str) -> list[str]:
+    """Paths named in ``spec``; for a folder, its step-numbered checkpoints (else all), ordered by step."""
+    if not os.path.isdir(spec):
+        return [p.strip() for p in spec.split(",") if p.strip()]
+    names = [f for f in os.listdir(spec) if f.endswith(".json")]
+    names = [f for f in names if f.startswith("step")] or names
+    if not names:
+        raise FileNotFoundError(f"{spec}: no checkpoints (*.json) in this folder")
+    paths = [os.path.join(spec, n) for n in names]
+    return sorted(paths, key=lambda p: (read_meta(p).get("step", 0), p))
+
+
+def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
+    """Pretext loss and accuracy of each checkpoint on a dataset, beside downstream accuracy if given."""
+    import csv
+
+    from .data.datasets import load_dataset
+
+    paths = _checkpoint_list(cfg.checkpoints)
+    downstream = [p.strip() for p in cfg.downstream.split(",")] if cfg.downstream else []
+    if downstream and len(downstream) != len(paths):
+        raise ValueError(f"--downstream names {len(downstream)} results for {len(paths)} checkpoints")
+    rows = []
+    for i, path in enumerate(paths):
+        model, pcfg = load_pretext_model(path)
+        frames = pcfg.clip_length + (1 if pcfg.modality == "dif" else 0)
+        meta = read_meta(path)
+        ds = load_dataset(
+            cfg.kind,
+            cfg.dataset,
+            split=cfg.split,
+            subset=cfg.subset,
+            cache=cfg.cache,
+            size=None if cfg.cache else meta["config"].get("frame_size"),
+            sampler=model.task.sampler(frames),
+            transform=eval_transform(pcfg.crop),
+            on_short="loop",
+        )
+        m = pretext_accuracy(model, pcfg, ds, draws=cfg.draws)
+        row = {
+            "checkpoint": path,
+            "step": meta.get("step"),
+            "task": pcfg.task,
+            "videos": len(ds),
+            "pretext_loss": m["loss"],
+            "pretext_acc": m["acc"],
+        }
+        if downstream:
+            with open(downstream[i]) as f:
+                res = json.load(f)
+            row["downstream_top1"] = res["summary"]["video_top1"]["mean"] if "summary" in res else res["video_top1"]
+        rows.append(row)
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(os.path.join(cfg.out, "pretext.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(cfg.out, "pretext.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    return rows

@@ -10,6 +10,7 @@ optimiser, RNG, step, data position). Single process or DDP under torchrun.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -42,9 +43,17 @@ class LoopConfig:
     workers: int = 2
     ckpt_every: int = 1000
     log_every: int = 10
+    keep_every: int = 0  # also keep a step-numbered checkpoint every N steps (0: never)
     seed: int = 0
     progress: bool = True
     tensorboard: bool = True
+
+
+def loop_config(command_cfg, **given) -> LoopConfig:
+    """A LoopConfig from the same-named fields of a command's config, plus ``given`` values."""
+    names = {f.name for f in dataclasses.fields(LoopConfig)}
+    values = {k: getattr(command_cfg, k) for k in names if hasattr(command_cfg, k)}
+    return LoopConfig(**{**values, **given})
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
@@ -182,6 +191,8 @@ def fit(
     rank, world = distributed()
     main = rank == 0
     ckpt_dir = os.path.join(out, "checkpoints")
+    if main:
+        os.makedirs(out, exist_ok=True)
     sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, rank, world)
     if sampler.batches_per_epoch == 0:
         raise ValueError(
@@ -285,6 +296,8 @@ def fit(
             bar.update()
             if step % cfg.ckpt_every == 0:
                 save("last", epoch, metrics)
+            if cfg.keep_every and step % cfg.keep_every == 0:
+                save(f"step{step:07d}", epoch, metrics)
             if step >= cfg.total_steps or step % per_epoch == 0:
                 break
         if val_loader is not None and (step % per_epoch == 0 or step >= cfg.total_steps):

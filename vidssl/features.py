@@ -1,0 +1,76 @@
+"""Features of a backbone for whole videos (K clips each), and their cache on disk.
+
+``extract_features`` is the one place a network meets an evaluation; everything after it
+(retrieval, probes, kNN) is a pure function over tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .backbones import retrieval_feature
+from .data.transforms import to_input
+
+FEATURES = ("vcop", "pooled")
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    dataset,
+    feature: str = "pooled",
+    modality: str = "rgb",
+    batch_size: int = 4,
+    workers: int = 0,
+    device="cpu",
+    bf16: bool = False,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V, K, D)`` float32 features of every video's K clips, and ``(V,)`` labels.
+
+    ``feature="pooled"``: the global-average-pooled vector (512 at full width); ``"vcop"``: conv5
+    max-pooled by (1,2,2) and flattened (VCOP 4.1; 9216 for 16x112x112). Every video is counted:
+    the loader never drops a last partial batch."""
+    if feature not in FEATURES:
+        raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
+    backbone.eval().to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=workers)
+    feats, labels = [], []
+    device = torch.device(device)
+    for clips, y in tqdm(loader, desc="features", disable=not progress, leave=False):
+        if clips.dim() == 5:  # one clip per video
+            clips = clips.unsqueeze(1)
+        b, k = clips.shape[:2]
+        x = to_input(clips.flatten(0, 1).to(device), modality)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            fmap = backbone.forward_features(x)
+        f = retrieval_feature(fmap) if feature == "vcop" else fmap.mean(dim=(2, 3, 4))
+        feats.append(f.float().view(b, k, -1).cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def save_features(path: str, feats: torch.Tensor, labels: torch.Tensor, meta: dict) -> None:
+    """Features, labels and what made them (JSON in the safetensors metadata)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata={"meta": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_features(path: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: feature file not found")
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata().get("meta", "{}"))
+    t = load_file(path)
+    return t["features"], t["labels"], meta
