@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY
 
 from vidssl.cli import COMMANDS, main
 
@@ -52,9 +51,22 @@ def test_synth_preprocess_stats_end_to_end(tmp_path, capsys):
     assert sum(int(r[1]) for r in rows) == 6
 
 
-def test_demo_quick_runs_the_main_job(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
-    rows = json.load(open(tmp_path / "dataset.json"))
-    assert {r["subset"] for r in rows} == {"train", "test"}
-    assert sum(r["videos"] for r in rows) == 10 * 6 * 2 and all(r["skipped"] == 0 for r in rows)
-    assert TINY.frames < rows[0]["frames_min"]
+def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("[1/8] synthetic dataset", "[5/8] fine-tuning", "[8/8] report"):
+        assert stage in printed
+    report = json.load(open(out / "report.json"))
+    assert set(report["finetune_top1"]) == {
+        f"{i} | {lab}" for i in ("scratch", "rotation", "clip order") for lab in ("5 per class", "all")
+    }
+    assert set(report["retrieval"]) >= {"random", "rotation", "clip order"}
+    assert set(report["pretext"]) == {"rotation", "clip-order"}
+    md = open(out / "report.md").read()
+    page = open(out / "report.html").read()
+    for title in ("Pretext accuracy", "Fine-tuning", "Retrieval", "Run time"):
+        assert title in md and title in page
+    for name, path in report["pictures"].items():
+        assert os.path.getsize(path) > 1000, name
+        assert f"pictures/{os.path.basename(path)}" in page and open(path, "rb").read(4) == b"\x89PNG"

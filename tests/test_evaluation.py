@@ -229,3 +229,13 @@ def test_end_to_end_commands_write_their_json(tiny_synth, pretrained, tmp_path, 
     assert main(["probe", tiny_synth, "--init", pretrained, "--out", pr, "--clips", "2", "--k", "3", *small]) == 0
     p = json.load(open(os.path.join(pr, "probe.json")))
     assert 0 <= p["linear_top1"] <= 1 and 0 <= p["knn_top1"] <= 1 and p["test_videos"] == 6
+
+
+def test_finetune_resume_equals_an_uninterrupted_run(tiny_synth, pretrained, tmp_path):
+    common = dict(init=pretrained, batch_size=4, lr=0.05, test_clips=2, workers=0, tensorboard=False, **SMALL)
+    finetune(FinetuneConfig(tiny_synth, out=str(tmp_path / "a"), iters=4, **common))
+    finetune(FinetuneConfig(tiny_synth, out=str(tmp_path / "b"), iters=2, **common))
+    finetune(FinetuneConfig(tiny_synth, out=str(tmp_path / "b"), iters=4, resume=True, **common))
+    a = load_file(str(tmp_path / "a" / "seed0" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "b" / "seed0" / "checkpoints" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -15,6 +14,7 @@ from .config import add_config_args, config_from_args
 from .data.splits import SplitError
 from .data.synth import SynthConfig
 from .data.video import VideoError
+from .demo import DemoConfig
 from .finetune import FinetuneConfig
 from .fuse import FuseConfig
 from .info import InfoConfig
@@ -23,6 +23,7 @@ from .pretrain import EvalPretextConfig, PretrainConfig
 from .probe import ProbeConfig
 from .retrieval import RetrieveConfig
 from .stats import STATS_COLUMNS, StatsConfig, format_table
+from .visualize import VisualizeConfig
 
 # Errors that are the user's to fix: one line, exit code 2, no traceback (VIDSSL_DEBUG=1 shows it).
 USER_ERRORS = (
@@ -156,6 +157,12 @@ def run_probe(cfg: ProbeConfig) -> None:
     )
 
 
+def run_visualize(cfg: VisualizeConfig) -> None:
+    from .visualize import visualize
+
+    print(f"wrote {visualize(cfg)}")
+
+
 def run_info(cfg: InfoConfig) -> None:
     from .info import info
 
@@ -166,38 +173,10 @@ def run_info(cfg: InfoConfig) -> None:
     print(format_table(rows, ["backbone", "params", "gflops", "feature", "conv5", "retrieval"]))
 
 
-@dataclass
-class DemoConfig:
-    out: str = "runs/demo"  # output folder (dataset, cache and report go here)
-    quick: bool = False  # a smaller dataset for a fast check
-    workers: int = 0  # parallel processes (0: one per core)
-
-
 def run_demo(cfg: DemoConfig) -> None:
-    """The main job that exists so far: make the synthetic dataset, cache its frames, show its statistics."""
-    from .data.synth import generate
-    from .preprocess import preprocess
-    from .stats import dataset_stats
+    from .demo import demo
 
-    t0 = time.time()
-    synth = SynthConfig(groups=6, clips=2) if cfg.quick else SynthConfig()
-    data = os.path.join(cfg.out, "synth" if not cfg.quick else "synth-quick")
-    cache = os.path.join(cfg.out, "cache" if not cfg.quick else "cache-quick")
-    print(f"[1/3] synthetic dataset -> {data}")
-    generate(data, synth, workers=cfg.workers or None)
-    print(f"      {time.time() - t0:.1f}s")
-    t1 = time.time()
-    print(f"[2/3] frame cache (jpeg, {synth.height}x{synth.width}) -> {cache}")
-    r = preprocess(PreprocessConfig(data, cache, size=(synth.height, synth.width), workers=cfg.workers))
-    print(
-        f"      {r['videos']} videos, {r['cached_bytes'] / 1e6:.1f} MB, {r['skipped']} skipped; {time.time() - t1:.1f}s"
-    )
-    print("[3/3] dataset statistics")
-    rows = dataset_stats(StatsConfig(data, cache=cache, clip_length=16))
-    print(format_table(rows, STATS_COLUMNS))
-    with open(os.path.join(cfg.out, "dataset.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    print(f"done in {time.time() - t0:.1f}s; pretraining and evaluation arrive with later releases")
+    demo(cfg)
 
 
 # name -> (config class, runner, positional fields, one-line help)
@@ -216,6 +195,12 @@ COMMANDS = {
     ),
     "fuse": (FuseConfig, run_fuse, ("a", "b"), "late fusion of two fine-tuned models (RGB + DIF)"),
     "probe": (ProbeConfig, run_probe, ("dataset",), "linear and k-NN classifiers on frozen features"),
+    "visualize": (
+        VisualizeConfig,
+        run_visualize,
+        ("what", "source"),
+        "attention maps, kernels, retrieval samples, curves",
+    ),
     "info": (InfoConfig, run_info, (), "parameters, FLOPs and feature shapes of every backbone"),
     "demo": (DemoConfig, run_demo, (), "the main job on the embedded synthetic dataset"),
 }

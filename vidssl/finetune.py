@@ -69,6 +69,7 @@ class FinetuneConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train
     bf16: bool = True  # bf16 autocast where supported
     ckpt_every: int = 1000  # steps between checkpoints
+    resume: bool = False  # continue each seed from OUT/seedN/checkpoints/last
     log_every: int = 10  # steps between log rows
     progress: bool = True  # progress bars
     tensorboard: bool = True  # TensorBoard scalars
@@ -242,7 +243,7 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
 
-    fit(model, step_fn, train_set, None, loop, out, meta, device)
+    fit(model, step_fn, train_set, None, loop, out, meta, device, resume=cfg.resume)
     probs, labels = predict(model, test_set, modality, device, use_bf16, workers=workers)
     report = score_report(probs, labels, train_all.classes)
     save_file(

@@ -1,0 +1,329 @@
+"""`vidssl demo`: the whole method on the embedded synthetic dataset, on a laptop CPU.
+
+Stages: synthetic dataset -> frame cache -> rotation and clip-order pretraining -> fine-tuning from
+scratch and from each, with 5 labels per class and with all labels -> retrieval with random weights
+and each pretraining -> pictures -> a report (Markdown, HTML, JSON) and a table in the terminal.
+
+CPU-sized settings, the same for every starting point so the comparison is fair: r3d_10 at width
+0.25, 16-frame clips of 40x40 cut from 48x48 frames, AdamW with a cosine schedule (short runs do
+not reach the papers' SGD schedules), the centred clip-order head (the paper's head collapses on
+this data: see README).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from .data.synth import SynthConfig, generate
+from .finetune import FinetuneConfig, finetune
+from .preprocess import PreprocessConfig, preprocess
+from .pretrain import PretrainConfig, pretrain
+from .retrieval import RetrieveConfig, retrieve
+from .stats import format_table
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"  # output folder: dataset, cache, runs, pictures, report.md/html/json
+    quick: bool = False  # a tiny version (under 2 minutes) that checks every stage, not the numbers
+    seed: int = 0  # seed of every stage
+    workers: int = 0  # parallel processes for generation and caching (0: one per core)
+
+
+def _settings(quick: bool) -> dict:
+    if quick:
+        return {
+            "synth": SynthConfig(classes=4, groups=6, clips=2, frames=72, height=48, width=64),
+            "frame": 40,
+            "crop": 32,
+            "length": 8,
+            "rot_iters": 20,
+            "order_iters": 10,
+            "ft_iters": (10, 10),
+            "shots": 2,
+            "clips": 2,
+        }
+    return {
+        "synth": SynthConfig(),
+        "frame": 48,
+        "crop": 40,
+        "length": 16,
+        "rot_iters": 400,
+        "order_iters": 300,
+        "ft_iters": (150, 300),
+        "shots": 5,
+        "clips": 5,
+    }
+
+
+class Stages:
+    """One line per stage with elapsed time and an estimate of what is left."""
+
+    def __init__(self, weights: list[tuple[str, float]]):
+        self.weights, self.done, self.start, self.i = dict(weights), 0.0, time.time(), 0
+        self.total = sum(self.weights.values())
+
+    def run(self, name: str, fn, *args, **kwargs):
+        self.i += 1
+        elapsed = time.time() - self.start
+        eta = f", about {elapsed / self.done * (self.total - self.done) / 60:.0f} min left" if self.done else ""
+        print(f"[{self.i}/{len(self.weights)}] {name} (elapsed {elapsed / 60:.1f} min{eta})", flush=True)
+        t = time.time()
+        result = fn(*args, **kwargs)
+        self.done += self.weights[name]
+        self.times = getattr(self, "times", {})
+        self.times[name] = time.time() - t
+        return result
+
+
+def demo(cfg: DemoConfig) -> dict:
+    s = _settings(cfg.quick)
+    out = cfg.out
+    data, cache = os.path.join(out, "synth"), os.path.join(out, "cache")
+    frame = (s["frame"], s["frame"])
+    common = dict(
+        backbone="r3d_10",
+        width=0.25,
+        crop=s["crop"],
+        clip_length=s["length"],
+        seed=cfg.seed,
+        progress=True,
+        tensorboard=True,
+        workers=2,
+        optimizer="adamw",
+        schedule="cosine",
+    )
+    stage_names = [
+        "synthetic dataset",
+        "frame cache",
+        "rotation pretraining",
+        "clip-order pretraining",
+        "fine-tuning",
+        "retrieval",
+        "pictures",
+        "report",
+    ]
+    st = Stages([(n, w) for n, w in zip(stage_names, (1, 1, 6, 3, 7, 2, 0.5, 0.1))])
+    st.run("synthetic dataset", generate, data, s["synth"], workers=cfg.workers or None)
+    st.run("frame cache", preprocess, PreprocessConfig(data, cache, size=frame, workers=cfg.workers))
+    pre = dict(common, dataset=data, cache=cache, val_videos=40 if not cfg.quick else 4, log_every=10)
+    rot = st.run(
+        "rotation pretraining",
+        pretrain,
+        PretrainConfig(
+            out=os.path.join(out, "pretrain-rotation"),
+            task="rotation",
+            batch_size=16,
+            iters=s["rot_iters"],
+            lr=2e-3,
+            warmup=20,
+            **pre,
+        ),
+    )
+    order = st.run(
+        "clip-order pretraining",
+        pretrain,
+        PretrainConfig(
+            out=os.path.join(out, "pretrain-clip-order"),
+            task="clip_order",
+            order_head="centered",
+            batch_size=8,
+            iters=s["order_iters"],
+            lr=1e-3,
+            warmup=20,
+            **pre,
+        ),
+    )
+    inits = {"scratch": "scratch", "rotation": rot, "clip order": order}
+
+    def run_finetunes():
+        res = {}
+        for labels, shots, iters in (("5 per class", s["shots"], s["ft_iters"][0]), ("all", None, s["ft_iters"][1])):
+            for name, init in inits.items():
+                ft = FinetuneConfig(
+                    data,
+                    init=init,
+                    out=os.path.join(out, "finetune", f"{name}-{labels}".replace(" ", "_")),
+                    cache=cache,
+                    frame_size=None,
+                    crop=s["crop"],
+                    clip_length=s["length"],
+                    shots=shots,
+                    seeds=str(cfg.seed),
+                    batch_size=16,
+                    iters=iters,
+                    optimizer="adamw",
+                    lr=1e-3,
+                    schedule="cosine",
+                    warmup=10,
+                    test_clips=s["clips"],
+                    workers=2,
+                    backbone="r3d_10" if init == "scratch" else None,
+                    width=0.25 if init == "scratch" else None,
+                    tensorboard=False,
+                )
+                r = finetune(ft)
+                res[(name, labels)] = r["summary"]["video_top1"]["mean"]
+        return res
+
+    top1 = st.run("fine-tuning", run_finetunes)
+
+    def run_retrievals():
+        res = {}
+        for name, init in (("random", "random"), ("rotation", rot), ("clip order", order)):
+            r = retrieve(
+                RetrieveConfig(
+                    data,
+                    init=init,
+                    out=os.path.join(out, "retrieve", name.replace(" ", "_")),
+                    cache=cache,
+                    frame_size=None,
+                    crop=s["crop"],
+                    clips=s["clips"],
+                    clip_length=s["length"],
+                    backbone="r3d_10",
+                    width=0.25,
+                    seed=cfg.seed,
+                )
+            )
+            res[name] = r["video"]
+            res[name + " (clips)"] = r["clip"]
+        return res
+
+    retr = st.run("retrieval", run_retrievals)
+
+    def draw():
+        from .checkpoint import load_backbone
+        from .visualize import VisualizeConfig, curves_figure, kernels_figure, retrieval_samples, visualize
+
+        pics = os.path.join(out, "pictures")
+        os.makedirs(pics, exist_ok=True)
+        from .data.datasets import ucf101
+
+        test = ucf101(data, 1, "test", progress=False)
+        video = os.path.join(test.root, test.records[0].rel)
+        p = {
+            "attention": visualize(
+                VisualizeConfig(
+                    "attention",
+                    rot,
+                    video=video,
+                    out=pics,
+                    frame_size=(s["frame"], s["frame"]),
+                    clip_length=s["length"],
+                )
+            )
+        }
+        p["kernels"] = kernels_figure(
+            [
+                ("rotation", load_backbone(rot)[0].first_conv.weight),
+                ("clip order", load_backbone(order)[0].first_conv.weight),
+            ],
+            os.path.join(pics, "kernels.png"),
+        )
+        for name in ("random", "rotation"):
+            p[f"retrieval {name}"] = retrieval_samples(
+                os.path.join(out, "retrieve", name),
+                os.path.join(pics, f"retrieval-{name}.png"),
+                queries=5,
+                title=f"nearest training videos, {name} features",
+            )
+        for name in ("rotation", "clip-order"):
+            p[f"curves {name}"] = curves_figure(
+                os.path.join(out, f"pretrain-{name}", "log.csv"),
+                os.path.join(pics, f"curves-{name}.png"),
+                f"{name} pretraining",
+            )
+        return p
+
+    pics = st.run("pictures", draw)
+    summary = _pretext_summary(out)
+    result = {
+        "settings": {k: (str(v) if k == "synth" else v) for k, v in s.items()},
+        "seed": cfg.seed,
+        "pretext": summary,
+        "finetune_top1": {f"{a} | {b}": v for (a, b), v in top1.items()},
+        "retrieval": retr,
+        "seconds": st.times,
+        "pictures": pics,
+    }
+    st.run("report", _report, out, result, top1, retr)
+    return result
+
+
+def _pretext_summary(out: str) -> dict:
+    res = {}
+    for name in ("rotation", "clip-order"):
+        with open(os.path.join(out, f"pretrain-{name}", "summary.json")) as f:
+            val = json.load(f)["val"]
+        res[name] = {"val_loss": val.get("loss"), "val_acc": val.get("acc")}
+    return res
+
+
+def _rows(result, top1, retr):
+    ft_rows = []
+    for labels in ("5 per class", "all"):
+        row = {"labels": labels}
+        for name in ("scratch", "rotation", "clip order"):
+            row[name] = f"{100 * top1[(name, labels)]:.1f}"
+        row["rotation gain"] = f"{100 * (top1[('rotation', labels)] - top1[('scratch', labels)]):+.1f}"
+        ft_rows.append(row)
+    r_rows = [
+        {"features": n, **{f"top-{k}": f"{100 * v:.1f}" for k, v in retr[n].items() if int(k) <= 20}}
+        for n in ("random", "rotation", "clip order")
+    ]
+    p_rows = [
+        {"pretext": n, "val accuracy": f"{100 * v['val_acc']:.1f}", "val loss": f"{v['val_loss']:.3f}"}
+        for n, v in result["pretext"].items()
+    ]
+    t_rows = [{"stage": k, "seconds": f"{v:.0f}"} for k, v in result["seconds"].items()]
+    return p_rows, ft_rows, r_rows, t_rows
+
+
+def _report(out, result, top1, retr):
+    p_rows, ft_rows, r_rows, t_rows = _rows(result, top1, retr)
+    tables = [
+        ("Pretext accuracy on held-out videos", p_rows),
+        ("Fine-tuning: video top-1 % on the test split (group-disjoint)", ft_rows),
+        ("Retrieval: video-level top-k % (test queries training videos)", r_rows),
+        ("Run time", t_rows),
+    ]
+    text = "\n\n".join(f"{title}\n{format_table(rows, list(rows[0]))}" for title, rows in tables)
+    print("\n" + text)
+    md = ["# vidssl demo report", "", f"Seed {result['seed']}. Settings: `{json.dumps(result['settings'])}`", ""]
+    for title, rows in tables:
+        cols = list(rows[0])
+        md += [f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows] + [""]
+    md += ["## Pictures", ""] + [
+        f"### {k}\n\n![{k}](pictures/{os.path.basename(v)})\n" for k, v in result["pictures"].items()
+    ]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(md))
+    page = [
+        "<!doctype html><meta charset=utf-8><title>vidssl demo</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style>",
+        "<h1>vidssl demo report</h1>",
+    ]
+    for title, rows in tables:
+        cols = list(rows[0])
+        page.append(
+            f"<h2>{html.escape(title)}</h2><table><tr>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
+            + "</table>"
+        )
+    page += [
+        f"<h2>{html.escape(k)}</h2><img src='pictures/{os.path.basename(v)}'>" for k, v in result["pictures"].items()
+    ]
+    with open(os.path.join(out, "report.html"), "w") as f:
+        f.write("\n".join(page))
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    print(f"\nreport: {os.path.join(out, 'report.html')} (and report.md, report.json)")
