@@ -66,6 +66,7 @@ class Stages:
     def __init__(self, weights: list[tuple[str, float]]):
         self.weights, self.done, self.start, self.i = dict(weights), 0.0, time.time(), 0
         self.total = sum(self.weights.values())
+        self.times: dict[str, float] = {}
 
     def run(self, name: str, fn, *args, **kwargs):
         self.i += 1
@@ -75,7 +76,6 @@ class Stages:
         t = time.time()
         result = fn(*args, **kwargs)
         self.done += self.weights[name]
-        self.times = getattr(self, "times", {})
         self.times[name] = time.time() - t
         return result
 
@@ -153,6 +153,7 @@ def demo(cfg: DemoConfig) -> dict:
                     crop=s["crop"],
                     clip_length=s["length"],
                     shots=shots,
+                    flip=0.0,  # MoveLeft/MoveRight and the two spins are mirror images: a flip swaps labels
                     seeds=str(cfg.seed),
                     batch_size=16,
                     iters=iters,

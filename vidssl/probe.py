@@ -82,29 +82,27 @@ class ProbeConfig:
 def probe(cfg: ProbeConfig) -> dict:
     from .retrieval import RetrieveConfig, _features, _source
 
-    rcfg = RetrieveConfig(
-        cfg.dataset,
-        cfg.init,
-        cfg.out,
-        None,
-        cfg.kind,
-        cfg.split,
-        cfg.cache,
-        None,
-        "pooled",
-        cfg.clips,
-        cfg.clip_length,
-        cfg.frame_size,
-        cfg.crop,
-        cfg.backbone,
-        cfg.width,
-        cfg.batch_size,
-        0,
-        True,
-        5,
-        cfg.seed,
-        cfg.progress,
-    )
+    shared = {
+        k: getattr(cfg, k)
+        for k in (
+            "dataset",
+            "init",
+            "out",
+            "kind",
+            "split",
+            "cache",
+            "clips",
+            "clip_length",
+            "frame_size",
+            "crop",
+            "backbone",
+            "width",
+            "batch_size",
+            "seed",
+            "progress",
+        )
+    }
+    rcfg = RetrieveConfig(**shared, feature="pooled")
     backbone, modality, frames, meta = _source(rcfg)
     test, test_labels, test_ds = _features(
         rcfg, backbone, modality, frames, cfg.dataset, cfg.cache, "test", "query", meta
