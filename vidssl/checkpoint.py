@@ -17,22 +17,17 @@ import os
 import time
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
+
+from .atomic import write_atomic
 
 FORMAT = "vidssl-checkpoint-1"
 
 
 class CheckpointError(ValueError):
     """A missing, incomplete or mismatched checkpoint; the message names the file."""
-
-
-def _atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _json_path(path: str) -> str:
@@ -46,9 +41,8 @@ def _json_path(path: str) -> str:
 
 def save(path: str, model: nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None = None) -> str:
     """Write checkpoint ``path`` (without suffix); returns the JSON path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(path + ".safetensors", lambda p: save_file(weights, p, metadata={"format": FORMAT}))
+    write_atomic(path + ".safetensors", lambda f: f.write(safetensors_bytes(weights, metadata={"format": FORMAT})))
     state: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["rng.cuda"] = torch.cuda.get_rng_state()
@@ -62,14 +56,9 @@ def save(path: str, model: nn.Module, meta: dict, optimizer: torch.optim.Optimiz
                 else:
                     extra.setdefault(str(idx), {})[key] = value
         meta = {**meta, "optimizer": {"param_groups": sd["param_groups"], "scalars": extra}}
-    _atomic(path + ".state.safetensors", lambda p: save_file(state, p))
+    write_atomic(path + ".state.safetensors", lambda f: f.write(safetensors_bytes(state)))
     meta = {"format": FORMAT, "saved": time.strftime("%Y-%m-%d %H:%M:%S"), **meta}
-
-    def write_json(p):
-        with open(p, "w") as f:
-            json.dump(meta, f, indent=1)
-
-    _atomic(path + ".json", write_json)
+    write_atomic(path + ".json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return path + ".json"
 
 

@@ -10,11 +10,12 @@ import json
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .atomic import write_atomic
 from .backbones import retrieval_feature
 from .data.transforms import to_input
 
@@ -59,10 +60,8 @@ def extract_features(
 
 def save_features(path: str, feats: torch.Tensor, labels: torch.Tensor, meta: dict) -> None:
     """Features, labels and what made them (JSON in the safetensors metadata)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata={"meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    tensors = {"features": feats.contiguous(), "labels": labels.contiguous()}
+    write_atomic(path, lambda f: f.write(save(tensors, metadata={"meta": json.dumps(meta)})))
 
 
 def load_features(path: str) -> tuple[torch.Tensor, torch.Tensor, dict]:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from ..atomic import write_atomic
 from .sampling import resample_indices
 from .video import VideoError, probe, read_frames
 
@@ -48,20 +49,10 @@ def entry_path(cache_root: str, rel: str, fmt: str) -> str:
     return os.path.join(cache_root, rel + _SUFFIX[fmt])
 
 
-def _atomic_write(path: str, write) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_entry(path: str, frames: np.ndarray, spec: CacheSpec) -> int:
     """Store uint8 (T, H, W, 3) frames; returns the bytes written."""
     if spec.format == "raw":
-        _atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(frames)))
+        write_atomic(path, lambda f: np.save(f, np.ascontiguousarray(frames)))
     else:
         blobs = []
         for frame in frames:
@@ -78,7 +69,7 @@ def write_entry(path: str, frames: np.ndarray, spec: CacheSpec) -> int:
             for b in blobs:
                 f.write(b)
 
-        _atomic_write(path, write)
+        write_atomic(path, write)
     return os.path.getsize(path)
 
 
@@ -150,7 +141,7 @@ class FrameCache:
                 )
             return existing
         os.makedirs(root, exist_ok=True)
-        _atomic_write(meta, lambda f: f.write(json.dumps(asdict(spec), indent=1).encode()))
+        write_atomic(meta, lambda f: f.write(json.dumps(asdict(spec), indent=1).encode()))
         return cls(root, spec)
 
     def entry(self, rel: str) -> str:
