@@ -59,7 +59,7 @@ def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
         assert stage in printed
     report = json.load(open(out / "report.json"))
     assert set(report["finetune_top1"]) == {
-        f"{i} | {lab}" for i in ("scratch", "rotation", "clip order") for lab in ("5 per class", "all")
+        f"{i} | {lab}" for i in ("scratch", "rotation", "clip order") for lab in ("few-shot", "all")
     }
     assert set(report["retrieval"]) >= {"random", "rotation", "clip order"}
     assert set(report["pretext"]) == {"rotation", "clip-order"}

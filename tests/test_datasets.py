@@ -71,6 +71,9 @@ def test_multi_clip_policies_give_stacked_clips(tiny_synth):
     full = ds.read(0, np.arange(TINY.frames))
     idx = UniformClips(5, 8)(TINY.frames)
     np.testing.assert_array_equal(clip[3].permute(1, 2, 3, 0).numpy(), full[idx[3]])
+    # one test clip is still a stack of one (finetune --test-clips 1 once crashed on a missing K axis)
+    ds = ucf101(tiny_synth, 1, "test", sampler=UniformClips(1, 8))
+    assert ds[0][0].shape == (1, 3, 8, TINY.height, TINY.width)
 
 
 def test_too_short_for_the_tuple_is_skipped_or_looped(tiny_synth):

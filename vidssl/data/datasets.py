@@ -170,7 +170,7 @@ class ClipDataset(Dataset):
         if self.transform is not None:
             clip = self.transform(clip, g)
         clip = clip.contiguous()
-        if k > 1:
+        if getattr(self.sampler, "stacked", k > 1):
             clip = clip.reshape(clip.shape[0], k, t, *clip.shape[-2:]).transpose(0, 1)
         return clip, self.records[i].label
 

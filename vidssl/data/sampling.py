@@ -24,6 +24,7 @@ class RandomClip:
 
     length: int = 16
     stride: int = 1
+    stacked = False  # a sample is one clip (C, T, H, W), not a stack (K, C, T, H, W)
 
     @property
     def min_frames(self) -> int:
@@ -41,6 +42,7 @@ class UniformClips:
     num_clips: int = 10
     length: int = 16
     stride: int = 1
+    stacked = True  # (K, C, T, H, W) even for K = 1, so consumers need no special case
 
     @property
     def min_frames(self) -> int:
@@ -63,6 +65,7 @@ class ClipTuple:
     num_clips: int = 3
     length: int = 16
     interval: int = 8
+    stacked = True
 
     @property
     def min_frames(self) -> int:
