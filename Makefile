@@ -23,7 +23,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check vidssl tests bench
 
 bench: $(STAMP)
+	$(BIN)/pip install -q scikit-learn  # the retrieval benchmark's reference only
 	$(BIN)/python bench/data_loading.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -239,3 +239,28 @@ def test_finetune_resume_equals_an_uninterrupted_run(tiny_synth, pretrained, tmp
     a = load_file(str(tmp_path / "a" / "seed0" / "checkpoints" / "last.safetensors"))
     b = load_file(str(tmp_path / "b" / "seed0" / "checkpoints" / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_channels_last_finetuning_computes_the_same_run(tiny_synth, pretrained, tmp_path):
+    """channels_last_3d (the default) is a memory layout only: same weights and test scores as contiguous."""
+    common = dict(init=pretrained, batch_size=4, lr=0.05, iters=3, test_clips=2, workers=0, tensorboard=False, **SMALL)
+    finetune(FinetuneConfig(tiny_synth, out=str(tmp_path / "a"), channels_last=True, bf16=False, **common))
+    finetune(FinetuneConfig(tiny_synth, out=str(tmp_path / "b"), channels_last=False, bf16=False, **common))
+    wa = load_file(str(tmp_path / "a" / "seed0" / "checkpoints" / "last.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "seed0" / "checkpoints" / "last.safetensors"))
+    # float sums run in another order: ~5e-4 apart after 3 steps at lr 0.05; a layout bug is O(0.1)
+    assert all(torch.allclose(wa[k], wb[k], atol=2e-3) for k in wa)
+    sa = load_file(str(tmp_path / "a" / "seed0" / "scores.safetensors"))["clip_probs"]
+    sb = load_file(str(tmp_path / "b" / "seed0" / "scores.safetensors"))["clip_probs"]
+    assert torch.allclose(sa, sb, atol=2e-3)
+
+
+def test_bf16_default_is_on_only_where_it_is_faster(caplog):
+    from vidssl.pretrain import bf16_fast, bf16_supported, choose_bf16
+
+    cpu = torch.device("cpu")
+    assert choose_bf16(None, cpu) == bf16_fast(cpu)  # unset: the measured-faster rule
+    assert choose_bf16(True, cpu) == bf16_supported(cpu)  # asked: wherever it runs
+    assert choose_bf16(False, cpu) is False
+    if not bf16_fast(cpu):  # e.g. this CI's CPUs: no AMX -> fp32, said once
+        assert choose_bf16(None, cpu) is False

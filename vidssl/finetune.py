@@ -25,8 +25,8 @@ from . import backbones
 from .checkpoint import CheckpointError, load_backbone
 from .data.datasets import load_dataset
 from .data.sampling import RandomClip, UniformClips
-from .data.transforms import eval_transform, to_input, train_transform
-from .pretrain import bf16_supported, pick_device
+from .data.transforms import eval_transform, memory_format, to_input, train_transform
+from .pretrain import choose_bf16, pick_device
 from .train import fit, loop_config
 
 log = logging.getLogger("vidssl")
@@ -67,7 +67,8 @@ class FinetuneConfig:
     test_clips: int = 10  # clips per test video, evenly spaced
     workers: int | None = None  # DataLoader workers; default: the number of cores, at most 8
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train
-    bf16: bool = True  # bf16 autocast where supported
+    bf16: bool | None = None  # bf16 autocast; default: where it is faster (CUDA, CPUs with AMX)
+    channels_last: bool = True  # channels_last_3d memory format (1.4x faster training at 16x112x112 on CPU)
     ckpt_every: int = 1000  # steps between checkpoints
     resume: bool = False  # continue each seed from OUT/seedN/checkpoints/last
     log_every: int = 10  # steps between log rows
@@ -138,7 +139,14 @@ def score_report(clip_probs: torch.Tensor, labels: torch.Tensor, classes: list[s
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, dataset, modality: str, device, bf16: bool, batch_size: int = 4, workers: int = 0
+    model: nn.Module,
+    dataset,
+    modality: str,
+    device,
+    bf16: bool,
+    batch_size: int = 4,
+    workers: int = 0,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(V, K, C)`` softmax probabilities of every clip of every video, and the labels."""
     model.eval()
@@ -146,7 +154,7 @@ def predict(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     for clips, y in loader:
         b, k = clips.shape[:2]
-        x = to_input(clips.flatten(0, 1).to(device), modality)
+        x = memory_format(to_input(clips.flatten(0, 1).to(device), modality), channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         probs.append(F.softmax(logits.float(), 1).view(b, k, -1).cpu())
@@ -182,7 +190,7 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
     out = os.path.join(cfg.out, f"seed{seed}")
     torch.manual_seed(seed)
     device = pick_device(cfg.device)
-    use_bf16 = cfg.bf16 and bf16_supported(device)
+    use_bf16 = choose_bf16(cfg.bf16, device)
     backbone, source = _init_backbone(cfg)
     modality = source["modality"] if cfg.modality == "auto" else cfg.modality
     length = cfg.clip_length or source["clip_length"]
@@ -213,6 +221,8 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
         **common,
     )
     model = Classifier(backbone, len(train_all.classes), cfg.freeze_until).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     batch = min(cfg.batch_size, len(train_set))
     steps_per_epoch = len(train_set) // batch
     total = cfg.iters if cfg.iters is not None else cfg.epochs * steps_per_epoch
@@ -236,7 +246,7 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
     )
 
     def step_fn(m, batch_, step, train=True):
-        x = to_input(batch_[0].to(device, non_blocking=True), modality)
+        x = memory_format(to_input(batch_[0].to(device, non_blocking=True), modality), cfg.channels_last)
         y = batch_[1].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = m(x)
@@ -244,7 +254,9 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
 
     fit(model, step_fn, train_set, None, loop, out, meta, device, resume=cfg.resume)
-    probs, labels = predict(model, test_set, modality, device, use_bf16, workers=workers)
+    probs, labels = predict(
+        model, test_set, modality, device, use_bf16, workers=workers, channels_last=cfg.channels_last
+    )
     report = score_report(probs, labels, train_all.classes)
     save_file(
         {"clip_probs": probs.contiguous(), "labels": labels.contiguous()},
