@@ -91,7 +91,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
         flag = "--" + f.name.replace("_", "-")
         if is_bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=f"{text} (default: {default})"
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{text} (default: {'auto' if default is None else default})",  # None: decided at run time
             )
         else:
             parser.add_argument(
