@@ -61,6 +61,9 @@ def test_features_count_every_video(tiny_synth):
     model = backbones.build("r3d_10", 0.25)
     feats, labels = extract_features(model, ds, "vcop", batch_size=5, progress=False)  # 12 videos, batches 5+5+2
     assert feats.shape == (12, 3, 128) and labels.tolist() == ds.labels
+    # channels_last_3d (the default) is a memory layout only: the same features, in the same order
+    plain, _ = extract_features(model, ds, "vcop", batch_size=5, progress=False, channels_last=False)
+    assert torch.allclose(feats, plain, atol=1e-5)
 
 
 def test_few_shot_subsets():

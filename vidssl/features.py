@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .atomic import write_atomic
 from .backbones import retrieval_feature
-from .data.transforms import to_input
+from .data.transforms import memory_format, to_input
 
 FEATURES = ("vcop", "pooled")
 
@@ -33,6 +33,7 @@ def extract_features(
     device="cpu",
     bf16: bool = False,
     progress: bool = True,
+    channels_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(V, K, D)`` float32 features of every video's K clips, and ``(V,)`` labels.
 
@@ -42,6 +43,8 @@ def extract_features(
     if feature not in FEATURES:
         raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
     backbone.eval().to(device)
+    if channels_last:  # 1.1-1.2x faster inference on CPU (bench/train_step.py)
+        backbone.to(memory_format=torch.channels_last_3d)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=workers)
     feats, labels = [], []
     device = torch.device(device)
@@ -49,7 +52,7 @@ def extract_features(
         if clips.dim() == 5:  # one clip per video
             clips = clips.unsqueeze(1)
         b, k = clips.shape[:2]
-        x = to_input(clips.flatten(0, 1).to(device), modality)
+        x = memory_format(to_input(clips.flatten(0, 1).to(device), modality), channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             fmap = backbone.forward_features(x)
         f = retrieval_feature(fmap) if feature == "vcop" else fmap.mean(dim=(2, 3, 4))
