@@ -85,6 +85,7 @@ class RetrieveConfig:
     width: float = 1.0  # width for --init random
     batch_size: int = 4  # videos per batch
     workers: int = 0  # DataLoader workers
+    channels_last: bool = True  # channels_last_3d memory (1.1-1.2x faster features on CPU at 16x112x112)
     reuse_features: bool = True  # read cached features from OUT when they match these settings
     neighbours: int = 5  # nearest neighbours listed per query in neighbours.csv
     seed: int = 0  # seed of the random initialisation
@@ -117,7 +118,14 @@ def _features(cfg: RetrieveConfig, backbone, modality, clip_length, dataset_path
         if have == want:
             return feats, labels, ds
     feats, labels = extract_features(
-        backbone, ds, cfg.feature, modality, cfg.batch_size, cfg.workers, progress=cfg.progress
+        backbone,
+        ds,
+        cfg.feature,
+        modality,
+        cfg.batch_size,
+        cfg.workers,
+        progress=cfg.progress,
+        channels_last=cfg.channels_last,
     )
     save_features(path, feats, labels, want)
     return feats, labels, ds
