@@ -258,12 +258,12 @@ def test_channels_last_finetuning_computes_the_same_run(tiny_synth, pretrained, 
     assert torch.allclose(sa, sb, atol=2e-3)
 
 
-def test_bf16_default_is_on_only_where_it_is_faster(caplog):
+def test_bf16_default_is_on_only_where_it_is_faster():
     from vidssl.pretrain import bf16_fast, bf16_supported, choose_bf16
 
     cpu = torch.device("cpu")
     assert choose_bf16(None, cpu) == bf16_fast(cpu)  # unset: the measured-faster rule
     assert choose_bf16(True, cpu) == bf16_supported(cpu)  # asked: wherever it runs
     assert choose_bf16(False, cpu) is False
-    if not bf16_fast(cpu):  # e.g. this CI's CPUs: no AMX -> fp32, said once
+    if not bf16_fast(cpu):  # e.g. this CI's CPUs: no AMX -> fp32
         assert choose_bf16(None, cpu) is False

@@ -192,9 +192,9 @@ def bf16_fast(device: torch.device) -> bool:
 _said: set[str] = set()
 
 
-def choose_bf16(wanted: bool | None, device: torch.device) -> bool:
+def choose_bf16(wanted: bool | None, device: torch.device, say: bool = True) -> bool:
     """``--bf16`` unset: bf16 where it is faster (bf16_fast); on: wherever it runs; off: never.
-    The choice is logged once per process when it differs from what was asked."""
+    With ``say``, the choice is logged once per process when it differs from what was asked."""
     if wanted is None:
         use = bf16_fast(device)
         lacks = "no bf16 support on this GPU" if device.type == "cuda" else "this CPU has no AMX"
@@ -202,7 +202,7 @@ def choose_bf16(wanted: bool | None, device: torch.device) -> bool:
     else:
         use = wanted and bf16_supported(device)
         why = f"bf16 not supported on {device}: fp32" if wanted and not use else ""
-    if why and why not in _said:
+    if say and why and why not in _said:
         _said.add(why)
         log.warning(why)
     return use
@@ -223,7 +223,7 @@ def pretrain(cfg: PretrainConfig) -> str:
     rank, world = distributed()
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
     torch.manual_seed(cfg.seed)
-    use_bf16 = choose_bf16(cfg.bf16, device)
+    use_bf16 = choose_bf16(cfg.bf16, device, say=rank == 0)  # one line per run, not per DDP rank
     channels_last = cfg.channels_last
     workers = cfg.workers if cfg.workers is not None else min(os.cpu_count() or 1, 8)
 
