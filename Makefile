@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/op_profile.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -107,3 +107,43 @@ def test_any_clip_size_works(name):
     model = backbones.build(name, width=0.25).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 5, 40, 52)).shape == (1, 128)
+
+
+def _saved_bytes(model, x):
+    """Bytes autograd keeps for the backward pass of one forward (what --grad-checkpointing cuts)."""
+    total = 0
+
+    def keep(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = model(x)
+    return out, total
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "c3d"])
+def test_grad_checkpointing_gives_the_same_step_with_less_memory(name):
+    torch.manual_seed(0)
+    plain = backbones.build(name, width=0.25)
+    saving = backbones.set_grad_checkpointing(backbones.build(name, width=0.25))
+    saving.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 8, 48, 48)
+    results = []
+    for model in (plain, saving):
+        out, saved = _saved_bytes(model, x)
+        out.square().sum().backward()
+        results.append((out, saved, [p.grad for p in model.parameters()], list(model.buffers())))
+    (out_a, saved_a, grads_a, bufs_a), (out_b, saved_b, grads_b, bufs_b) = results
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    # batch-norm running statistics are updated once per step, not again by the recomputation
+    assert all(torch.equal(a, b) for a, b in zip(bufs_a, bufs_b))
+    assert (
+        int(saving.conv2[0].bn1.num_batches_tracked if name == "r3d_18" else saving.conv2[1].num_batches_tracked) == 1
+    )
+    assert saved_b < saved_a / 3, (saved_a, saved_b)
+    saving.eval()  # nothing to recompute without a backward pass
+    with torch.no_grad():
+        assert torch.allclose(saving(x), plain.eval()(x))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -50,16 +51,60 @@ FP32_BLOCKS_ON_CPU = ("conv4", "conv5")
 
 
 def run_blocks(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv1`` .. ``conv5`` of a backbone in order: its conv5 feature map."""
+    """``conv1`` .. ``conv5`` of a backbone in order: its conv5 feature map.
+
+    With ``model.grad_checkpointing`` set (set_grad_checkpointing), each trainable block keeps only
+    its input during training and recomputes its inside in the backward pass: less memory for
+    about one more forward pass of time."""
     cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    save_memory = getattr(model, "grad_checkpointing", False) and model.training and torch.is_grad_enabled()
     for name in model.block_names:
         block = getattr(model, name)
-        if cpu_bf16 and name in FP32_BLOCKS_ON_CPU:
-            with torch.autocast("cpu", enabled=False):
-                x = block(x.float())
+        fp32 = cpu_bf16 and name in FP32_BLOCKS_ON_CPU
+        trainable = any(p.requires_grad for p in block.parameters())
+        if save_memory and (trainable or x.requires_grad):
+            # Residual stages are checkpointed block by block: recomputing a whole stage at once
+            # would hold all its insides again (measured: r3d_18 rotation 6.0 -> 5.4 GB only).
+            units = list(block) if all(getattr(u, "checkpoint_unit", False) for u in block.children()) else [block]
+            for unit in units:
+                x = checkpoint(_Recompute(unit, fp32), x, use_reentrant=False)
         else:
-            x = block(x)
+            x = _run(block, x, fp32)
     return x
+
+
+def _run(block: nn.Module, x: torch.Tensor, fp32: bool) -> torch.Tensor:
+    if fp32:
+        with torch.autocast("cpu", enabled=False):
+            return block(x.float())
+    return block(x)
+
+
+class _Recompute:
+    """A block for torch.utils.checkpoint whose second call (the recomputation in backward) puts the
+    batch-norm running statistics back, so a checkpointed step updates them exactly once, as
+    an ordinary step does (plain checkpointing would apply the momentum update twice)."""
+
+    def __init__(self, block: nn.Module, fp32: bool):
+        self.block, self.fp32, self.calls = block, fp32, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return _run(self.block, x, self.fp32)
+        stats = [b for m in self.block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
+        saved = [b.clone() for b in stats]
+        try:
+            return _run(self.block, x, self.fp32)
+        finally:
+            for b, old in zip(stats, saved):
+                b.copy_(old)
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Recompute each block's activations in backward instead of storing them (see run_blocks)."""
+    model.grad_checkpointing = enable
+    return model
 
 
 def retrieval_feature(conv5: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,8 @@ class ShortcutA(nn.Module):
 
 
 class BasicBlock(nn.Module):
+    checkpoint_unit = True  # --grad-checkpointing recomputes one block at a time
+
     def __init__(self, cin: int, cout: int, stride: int, conv: Builder, shortcut: str):
         super().__init__()
         s = (stride,) * 3
