@@ -36,6 +36,57 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     assert "not a size" in capsys.readouterr().err
 
 
+# Invalid combinations a user may try: (arguments after the dataset, words the one line must hold).
+BAD_ARGS = [
+    (["pretrain", "{d}", "--iters", "-5"], "--iters must be positive, not -5"),
+    (["pretrain", "{d}", "--batch-size", "0"], "--batch-size must be positive"),
+    (["pretrain", "{d}", "--workers", "-3"], "--workers must be 0 or more"),
+    (["pretrain", "{d}", "--flip", "2"], "--flip is a probability: 0 to 1"),
+    (["pretrain", "{d}", "--frame-size", "0x8"], "not a size; write HxW"),
+    (["pretrain", "{d}", "--crop", "64", "--frame-size", "32x32"], "--crop 64 is larger than the frames (32x32)"),
+    (["pretrain", "{d}", "--backbone", "resnet50"], "unknown backbone 'resnet50'; choose one of c3d, r3d_10"),
+    (["pretrain", "{d}", "--task", "colour"], "invalid choice: 'colour' (choose from 'rotation', 'clip_order'"),
+    (["pretrain", "{d}", "--split", "4"], "UCF101 has splits 1, 2, 3"),
+    (["pretrain", "{d}", "--kind", "ucf102"], "invalid choice: 'ucf102' (choose from 'auto', 'ucf101'"),
+    (["pretrain", "{d}", "--task", "clip_order", "--num-clips", "9"], "clip order takes 2 to 5 clips"),
+    (["pretrain", "{d}", "--cache", "{d}/nowhere"], "not a frame cache"),
+    (["pretrain", "{d}/nowhere"], "nowhere: dataset folder not found"),
+    (["finetune", "{d}", "--test-clips", "0"], "--test-clips must be positive"),
+    (["finetune", "{d}", "--shots", "-1"], "--shots must be positive"),
+    (["finetune", "{d}", "--freeze-until", "conv9"], "invalid choice: 'conv9' (choose from 'none', 'conv2'"),
+    (["finetune", "{d}", "--init", "{d}/missing.json"], "missing.json: checkpoint not found"),
+    (["finetune", "{d}", "--seeds", "a,b"], "--seeds takes comma-separated integers"),
+    (["retrieve", "{d}", "--clips", "-2"], "--clips must be positive, not -2"),
+    (["retrieve", "{d}", "--feature", "fc7"], "invalid choice: 'fc7' (choose from 'vcop', 'pooled')"),
+    (["retrieve", "{d}", "--bogus", "3"], "unrecognized arguments: --bogus 3"),
+    (["finetune"], "the following arguments are required: DATASET"),
+    (["visualize", "kernels", "{d}/missing.json"], "missing.json: checkpoint not found"),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD_ARGS, ids=[" ".join(a[:1] + a[2:]) for a, _ in BAD_ARGS])
+def test_invalid_arguments_end_in_one_line_naming_the_problem_exit_2(tiny_synth, args, words, capsys):
+    try:
+        code = main([a.format(d=tiny_synth) for a in args])
+    except SystemExit as e:  # argparse's own checks
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and words in err and "Traceback" not in err, err
+
+
+def test_a_clip_longer_than_any_video_is_one_line_in_a_real_shell(tiny_synth):
+    r = subprocess.run(
+        [sys.executable, "-m", "vidssl", "pretrain", tiny_synth, "--clip-length", "500", "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2, lines  # the count of skipped videos, then the error (no line per video)
+    assert "skipped 12 of 12 videos" in lines[0]
+    assert lines[1].startswith("vidssl pretrain: error: ") and "shorter than the 500" in lines[1]
+
+
 def test_synth_preprocess_stats_end_to_end(tmp_path, capsys):
     data, cache = str(tmp_path / "synth"), str(tmp_path / "cache")
     args = ["--classes", "2", "--groups", "3", "--clips", "1", "--frames", "20", "--height", "32", "--width", "32"]

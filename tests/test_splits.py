@@ -64,6 +64,33 @@ def test_malformed_and_missing_split_files(tmp_path, make_video):
         ucf101(str(tmp_path / "nowhere"))
 
 
+def test_bad_split_lines_are_rejected_one_by_one(tmp_path, make_video, caplog):
+    make_video("UCF-101/A/v_A_g01_c01.avi", frames=20)
+    lines = [
+        "A/v_A_g01_c01.avi 1",  # good
+        "A/v_A_g02_c01.avi",  # no label
+        "B/v_B_g01_c01.avi 1",  # class not in classInd.txt
+        "A/v_A_g03_c01.avi 2",  # label of another class
+        "A/../../../etc/passwd 1",  # leaves the dataset folder: never opened
+        "C/v_C_g01_c01.avi 2",  # in classInd.txt, but no folder C/
+    ]
+    splits = _ucf_lists(tmp_path, lines, [], ["A", "C"])
+    classes, items, rejected = read_ucf101_split(splits, 1, "train")
+    assert items == [("A/v_A_g01_c01.avi", 0), ("C/v_C_g01_c01.avi", 1)]
+    assert [line for line, _ in rejected] == lines[1:5]
+    reasons = [why for _, why in rejected]
+    for n, words in [(2, "expected '<Class>/<video>.avi <label>'"), (3, "'B' is not in classInd"),
+                     (4, "disagrees with classInd"), (5, "leaves the dataset folder")]:  # fmt: skip
+        assert reasons[n - 2].startswith(f"{splits}/trainlist01.txt:{n}: ") and words in reasons[n - 2]
+    with caplog.at_level("WARNING", logger="vidssl"):
+        ds = ucf101(str(tmp_path), 1, "train", splits_dir=splits)
+    assert [r.rel for r in ds.records] == ["A/v_A_g01_c01.avi"] and len(ds.skipped) == 5
+    assert "class folder is missing" in ds.skipped[-1][1]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len([w for w in warned if w.startswith("skipping split line")]) == 4
+    assert any("folder is missing" in w for w in warned)
+
+
 def test_split_line_naming_a_missing_video_is_a_counted_skip(tmp_path, make_video):
     make_video("UCF-101/A/v_A_g01_c01.avi", frames=20)
     splits = _ucf_lists(tmp_path, ["A/v_A_g01_c01.avi 1", "A/v_A_g02_c01.avi 1"], [], ["A"])
@@ -104,7 +131,12 @@ def test_hmdb51_official_format(tmp_path):
     assert te.records[0].rel.startswith("wave/") and te.labels == [classes.index("wave")]
     assert hmdb51_group("wave/RATRACE_wave_f_nm_np1_fr_goo_37.avi") == "RATRACE"
     (d / "wave_test_split1.txt").write_text("RATRACE_wave_f_nm_np1_fr_goo_37.avi 7\n")
-    with pytest.raises(SplitError, match="wave_test_split1.txt:1"):
+    bad_line = hmdb51(HMDB_SAMPLE, 1, "train", splits_dir=str(d))  # that line only is rejected
+    assert len(bad_line) == 7 - sum(r.rel.startswith("wave/") for r in tr.records)
+    assert [why for _, why in bad_line.skipped if "wave_test_split1.txt:1: expected" in why]
+    for c in classes:
+        (d / f"{c}_test_split1.txt").write_text("garbage\n")
+    with pytest.raises(SplitError, match="no usable line; the first: .*_test_split1.txt:1"):
         hmdb51(HMDB_SAMPLE, 1, "train", splits_dir=str(d))
 
 

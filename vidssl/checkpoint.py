@@ -1,13 +1,19 @@
 """Checkpoints that never execute code on load: safetensors for tensors, JSON for everything else.
 
-A checkpoint ``NAME`` in a folder is three files, written in this order, each atomically
-(temporary file, fsync, rename), the JSON last so that its presence means the others are complete:
+A checkpoint ``NAME`` in a folder is three files:
 
     NAME.safetensors        model weights ("backbone.*", "task.*")
     NAME.state.safetensors  optimiser tensors and RNG states (for --resume)
     NAME.json               config, backbone name and width, task, step, metrics, optimiser settings
 
 Any later command rebuilds the model from the JSON alone (nanoGPT's model_args).
+
+Saving is a two-phase commit, so that a kill at any moment (or a full disk) leaves either the
+previous checkpoint or the new one, never a mix: first ``NAME.new.*`` are written, each atomically
+(temporary file, fsync, rename), the JSON last; then they are renamed over ``NAME.*``, the JSON
+last. A save killed in the second phase is finished by the next reader (its ``NAME.new.json``
+says the new files are complete); one killed in the first is discarded on resume. The JSON and the
+weights carry the same commit id, checked on load.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .atomic import write_atomic
+from .atomic import sync_dir, write_atomic
 
 FORMAT = "vidssl-checkpoint-1"
 
@@ -39,10 +46,56 @@ def _json_path(path: str) -> str:
     return path + ".json"
 
 
+PARTS = (".state.safetensors", ".safetensors", ".json")  # the order of the commit: JSON last
+
+
 def save(path: str, model: nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None = None) -> str:
-    """Write checkpoint ``path`` (without suffix); returns the JSON path."""
+    """Write checkpoint ``path`` (without suffix) by the two-phase commit above; returns the JSON path.
+
+    If a write fails (a full disk), the previous checkpoint is left as it was and a CheckpointError
+    says so."""
+    try:
+        _write_new(path, model, meta, optimizer)
+    except OSError as e:
+        discard_unfinished(path)
+        before = f"the previous {path}.json is intact" if os.path.exists(path + ".json") else "there was none before"
+        raise CheckpointError(f"{path}.json: checkpoint not written ({e.strerror or e}); {before}") from None
+    finish_save(path)
+    return path + ".json"
+
+
+def finish_save(path: str) -> None:
+    """Second phase: rename a complete ``NAME.new.*`` over ``NAME.*`` (also finishes a killed save)."""
+    if not os.path.exists(path + ".new.json"):
+        return
+    for suffix in PARTS:
+        try:
+            os.replace(path + ".new" + suffix, path + suffix)
+        except FileNotFoundError:  # renamed already (by the save this finishes, or another reader)
+            pass
+    sync_dir(os.path.dirname(path) or ".")
+
+
+def discard_unfinished(path: str) -> None:
+    """Remove ``NAME.new.*`` of a save that never completed its first phase (no ``NAME.new.json``).
+    Only for when no save can be running: at resume, or after a failed save."""
+    folder, name = os.path.split(path)
+    for f in os.listdir(folder or "."):  # temporary files of writes a kill interrupted
+        if f.startswith(name + ".") and ".tmp" in f:
+            os.remove(os.path.join(folder, f))
+    if os.path.exists(path + ".new.json"):
+        return
+    for suffix in PARTS[:2]:
+        if os.path.exists(path + ".new" + suffix):
+            os.remove(path + ".new" + suffix)
+
+
+def _write_new(path: str, model: nn.Module, meta: dict, optimizer) -> None:
+    commit = uuid.uuid4().hex
+    new = path + ".new"
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomic(path + ".safetensors", lambda f: f.write(safetensors_bytes(weights, metadata={"format": FORMAT})))
+    header = {"format": FORMAT, "commit": commit}
+    write_atomic(new + ".safetensors", lambda f: f.write(safetensors_bytes(weights, metadata=header)))
     state: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["rng.cuda"] = torch.cuda.get_rng_state()
@@ -56,16 +109,16 @@ def save(path: str, model: nn.Module, meta: dict, optimizer: torch.optim.Optimiz
                 else:
                     extra.setdefault(str(idx), {})[key] = value
         meta = {**meta, "optimizer": {"param_groups": sd["param_groups"], "scalars": extra}}
-    write_atomic(path + ".state.safetensors", lambda f: f.write(safetensors_bytes(state)))
-    meta = {"format": FORMAT, "saved": time.strftime("%Y-%m-%d %H:%M:%S"), **meta}
-    write_atomic(path + ".json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    return path + ".json"
+    write_atomic(new + ".state.safetensors", lambda f: f.write(safetensors_bytes(state, metadata=header)))
+    meta = {"format": FORMAT, "commit": commit, "saved": time.strftime("%Y-%m-%d %H:%M:%S"), **meta}
+    write_atomic(new + ".json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def read_meta(path: str) -> dict:
     """The JSON of a checkpoint; refuses anything that is not a complete vidssl checkpoint."""
     jpath = _json_path(path)
     base = jpath[: -len(".json")]
+    finish_save(base)  # a save killed half-way through its renames
     if not os.path.isfile(jpath):
         if path.endswith((".pt", ".pth", ".ckpt", ".tar", ".pkl")):
             raise CheckpointError(
@@ -85,14 +138,27 @@ def read_meta(path: str) -> dict:
     return meta
 
 
+def _commit_of(path: str) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return (f.metadata() or {}).get("commit")
+
+
 def load_weights(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(meta, weights) of a checkpoint, read with safetensors (no code runs)."""
-    meta = read_meta(path)
+    """(meta, weights) of a checkpoint, read with safetensors (no code runs). Checks that the
+    weights belong to the JSON (same commit id); a save landing between the two reads is retried."""
     base = _json_path(path)[: -len(".json")]
-    try:
-        return meta, load_file(base + ".safetensors")
-    except Exception as e:  # safetensors raises SafetensorError / OSError on damaged files
-        raise CheckpointError(f"{base}.safetensors: unreadable weights ({e})") from None
+    for attempt in range(3):
+        meta = read_meta(path)
+        try:
+            weights, commit = load_file(base + ".safetensors"), _commit_of(base + ".safetensors")
+        except Exception as e:  # safetensors raises SafetensorError / OSError on damaged files
+            raise CheckpointError(f"{base}.safetensors: unreadable weights ({e})") from None
+        if meta.get("commit") in (None, commit):  # None: a checkpoint from before commit ids
+            return meta, weights
+        time.sleep(0.2 * (attempt + 1))
+    raise CheckpointError(f"{base}.safetensors: weights of another save than {base}.json; the checkpoint is mixed up")
 
 
 def load_training_state(path: str, optimizer: torch.optim.Optimizer | None) -> None:
@@ -100,6 +166,8 @@ def load_training_state(path: str, optimizer: torch.optim.Optimizer | None) -> N
     meta = read_meta(path)
     base = _json_path(path)[: -len(".json")]
     state = load_file(base + ".state.safetensors")
+    if meta.get("commit") not in (None, _commit_of(base + ".state.safetensors")):
+        raise CheckpointError(f"{base}.state.safetensors: training state of another save than {base}.json")
     torch.set_rng_state(state["rng.cpu"])
     if "rng.cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["rng.cuda"])

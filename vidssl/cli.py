@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from .checkpoint import CheckpointError
-from .config import add_config_args, config_from_args
+from .config import add_config_args, check_ranges, config_from_args
 from .data.splits import SplitError
 from .data.synth import SynthConfig
 from .data.video import VideoError
@@ -206,8 +206,16 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that answers a bad argument with one line (what is wrong, the valid choices, where
+    to look) and exit code 2, instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="vidssl",
         description="Self-supervised spatiotemporal feature learning from unlabelled video (3DRotNet, VCOP).",
     )
@@ -224,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cls, run, _, _ = COMMANDS[args.command]
     try:
-        run(config_from_args(cls, args))
+        cfg = config_from_args(cls, args)
+        check_ranges(cfg)
+        run(cfg)
     except USER_ERRORS as e:
         if os.environ.get("VIDSSL_DEBUG"):
             raise

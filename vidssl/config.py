@@ -110,3 +110,30 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
 
 def config_from_args(cls, ns: argparse.Namespace):
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+# Ranges of numeric options, by field name, wherever a command has them (None values mean "the
+# default" and pass). Checked before anything runs, so that `--clips -2` is one clear line, not a
+# numpy error from deep inside.
+POSITIVE = (
+    "batch_size", "ckpt_every", "classes", "clip_length", "clips", "draws", "epochs", "fps", "frames",
+    "groups", "height", "iters", "k", "log_every", "lr", "neighbours", "queries", "resample", "shots",
+    "test_clips", "width",
+)  # fmt: skip
+NON_NEGATIVE = ("interval", "keep_every", "lr_decay_every", "order_weight", "rotation_weight", "val_videos",
+                "warmup", "weight_decay", "workers", "momentum")  # fmt: skip
+
+
+def check_ranges(cfg) -> None:
+    """Raise ValueError naming the flag, its value and the valid range for any option out of range."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in POSITIVE and not value > 0:
+            raise ValueError(f"{flag} must be positive, not {value}")
+        if f.name in NON_NEGATIVE and not value >= 0:
+            raise ValueError(f"{flag} must be 0 or more, not {value}")
+        if f.name == "flip" and not 0 <= value <= 1:
+            raise ValueError(f"{flag} is a probability: 0 to 1, not {value}")

@@ -12,11 +12,12 @@ import os
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .atomic import write_atomic
 from .backbones import retrieval_feature
+from .data.loading import FailureLog
+from .data.loading import loader as data_loader
 from .data.transforms import memory_format, to_input
 
 FEATURES = ("vcop", "pooled")
@@ -39,16 +40,21 @@ def extract_features(
 
     ``feature="pooled"``: the global-average-pooled vector (512 at full width); ``"vcop"``: conv5
     max-pooled by (1,2,2) and flattened (VCOP 4.1; 9216 for 16x112x112). Every video is counted:
-    the loader never drops a last partial batch."""
+    the loader never drops a last partial batch. A video that fails to decode is left out with a
+    warning and removed from ``dataset`` (``dataset.forget``), so its records match the rows."""
     if feature not in FEATURES:
         raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
     backbone.eval().to(device)
     if channels_last:  # 1.1-1.2x faster inference on CPU (bench/train_step.py)
         backbone.to(memory_format=torch.channels_last_3d)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=workers)
-    feats, labels = [], []
+    loader = data_loader(dataset, batch_size, shuffle=False, drop_last=False, num_workers=workers)
+    feats, labels, failed, failures = [], [], [], FailureLog()
     device = torch.device(device)
-    for clips, y in tqdm(loader, desc="features", disable=not progress, leave=False):
+    for clips, y, _, bad in tqdm(loader, desc="features", disable=not progress, leave=False):
+        failures.note(bad)
+        failed += bad
+        if len(clips) == 0:
+            continue
         if clips.dim() == 5:  # one clip per video
             clips = clips.unsqueeze(1)
         b, k = clips.shape[:2]
@@ -58,6 +64,9 @@ def extract_features(
         f = retrieval_feature(fmap) if feature == "vcop" else fmap.mean(dim=(2, 3, 4))
         feats.append(f.float().view(b, k, -1).cpu())
         labels.append(torch.as_tensor(y))
+    dataset.forget(failed)
+    if not feats:
+        raise ValueError(f"{getattr(dataset, 'root', 'dataset')}: no video could be decoded")
     return torch.cat(feats), torch.cat(labels)
 
 

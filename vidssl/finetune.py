@@ -23,7 +23,10 @@ from torch import nn
 
 from . import backbones
 from .checkpoint import CheckpointError, load_backbone
+from .config import check_ranges
 from .data.datasets import load_dataset
+from .data.loading import FailureLog
+from .data.loading import loader as data_loader
 from .data.sampling import RandomClip, UniformClips
 from .data.transforms import eval_transform, memory_format, to_input, train_transform
 from .pretrain import choose_bf16, pick_device, speed_options
@@ -71,6 +74,9 @@ class FinetuneConfig:
     channels_last: bool = True  # channels_last_3d memory (1.3-1.5x faster training at 16x112x112 on CPU)
     compile: bool = False  # torch.compile the backbone (for GPUs; on CPU no faster in training, needs g++)
     grad_checkpointing: bool = False  # recompute activations in backward: ~30% less memory, ~1.3x the time
+    on_nan: Literal["stop", "skip"] = (
+        "stop"  # a NaN/inf loss: stop naming the step and last checkpoint, or skip the batch
+    )
     ckpt_every: int = 1000  # steps between checkpoints
     resume: bool = False  # continue each seed from OUT/seedN/checkpoints/last
     log_every: int = 10  # steps between log rows
@@ -150,17 +156,25 @@ def predict(
     workers: int = 0,
     channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(V, K, C)`` softmax probabilities of every clip of every video, and the labels."""
+    """``(V, K, C)`` softmax probabilities of every clip of every video, and the labels. A video
+    that fails to decode is left out with a warning and removed from ``dataset`` (its records
+    match the rows)."""
     model.eval()
-    probs, labels = [], []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    for clips, y in loader:
+    probs, labels, failed, failures = [], [], [], FailureLog()
+    for clips, y, _, bad in data_loader(dataset, batch_size, num_workers=workers):
+        failures.note(bad)
+        failed += bad
+        if len(clips) == 0:
+            continue
         b, k = clips.shape[:2]
         x = memory_format(to_input(clips.flatten(0, 1).to(device), modality), channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         probs.append(F.softmax(logits.float(), 1).view(b, k, -1).cpu())
         labels.append(y)
+    dataset.forget(failed)
+    if not probs:
+        raise ValueError(f"{getattr(dataset, 'root', 'dataset')}: no test video could be decoded")
     return torch.cat(probs), torch.cat(labels)
 
 
@@ -192,7 +206,6 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
     out = os.path.join(cfg.out, f"seed{seed}")
     torch.manual_seed(seed)
     device = pick_device(cfg.device)
-    use_bf16 = choose_bf16(cfg.bf16, device)
     backbone, source = _init_backbone(cfg)
     modality = source["modality"] if cfg.modality == "auto" else cfg.modality
     length = cfg.clip_length or source["clip_length"]
@@ -222,6 +235,7 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
         on_short="loop",
         **common,
     )
+    use_bf16 = choose_bf16(cfg.bf16, device)  # after the data checks, as in pretrain
     model = Classifier(backbone, len(train_all.classes), cfg.freeze_until).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -271,6 +285,7 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
         "train_videos": len(train_set),
         "train_names": [r.rel for r in train_set.records],
         **report,
+        "skipped": {"train": len(train_all.skipped), "test": len(test_set.skipped)},  # unreadable or bad entries
         "source": source,
     }
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -290,6 +305,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune once per seed; returns (and writes to OUT/results.json) every run and their mean and spread."""
+    check_ranges(cfg)
     if cfg.freeze_until not in FREEZE:
         raise ValueError(f"--freeze-until must be one of {', '.join(FREEZE)}")
     if cfg.shots is not None and cfg.shots < 1:

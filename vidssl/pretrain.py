@@ -25,7 +25,10 @@ from torch import nn
 
 from . import backbones
 from .checkpoint import read_meta
+from .config import check_ranges
 from .data.datasets import load_dataset
+from .data.loading import FailureLog
+from .data.loading import loader as data_loader
 from .data.sampling import sample_seed
 from .data.transforms import eval_transform, memory_format, to_input, train_transform
 from .tasks import ClipOrderTask, JointTask, RotationTask
@@ -104,6 +107,9 @@ class PretrainConfig:
     channels_last: bool = True  # channels_last_3d memory (1.3-1.5x faster training at 16x112x112 on CPU)
     compile: bool = False  # torch.compile the backbone (for GPUs; on CPU no faster in training, needs g++)
     grad_checkpointing: bool = False  # recompute activations in backward: ~30% less memory, ~1.3x the time
+    on_nan: Literal["stop", "skip"] = (
+        "stop"  # a NaN/inf loss: stop naming the step and last checkpoint, or skip the batch
+    )
     ckpt_every: int = 1000  # steps between checkpoints of the last state
     keep_every: int = 0  # also keep checkpoints/stepNNNNNNN every N steps, for `vidssl eval-pretext` series (0: never)
     log_every: int = 10  # steps between log rows
@@ -122,6 +128,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     if cfg.iters is None and cfg.epochs is None:
         fill["iters"], fill["epochs"] = paper["iters"], paper["epochs"]
     cfg = dataclasses.replace(cfg, **fill)
+    check_ranges(cfg)
     if cfg.backbone not in backbones.names():
         raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(backbones.names())}")
     checks = [
@@ -242,7 +249,6 @@ def pretrain(cfg: PretrainConfig) -> str:
     rank, world = distributed()
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
     torch.manual_seed(cfg.seed)
-    use_bf16 = choose_bf16(cfg.bf16, device, say=rank == 0)  # one line per run, not per DDP rank
     channels_last = cfg.channels_last
     workers = cfg.workers if cfg.workers is not None else min(os.cpu_count() or 1, 8)
 
@@ -271,6 +277,8 @@ def pretrain(cfg: PretrainConfig) -> str:
     train_set = full.select(train_idx)
     val_set = full.select(val_idx, transform=eval_transform(cfg.crop), seed=cfg.seed + 1) if val_idx else None
 
+    # Said after the data checks: a run that cannot start ends with its one error line only.
+    use_bf16 = choose_bf16(cfg.bf16, device, say=rank == 0)  # one line per run, not per DDP rank
     model = PretextModel(backbone, task).to(device)
     if world > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -365,11 +373,13 @@ def pretext_accuracy(model: PretextModel, cfg: PretrainConfig, dataset, draws: i
     """Pretext loss and accuracy of a model on a dataset (each video ``draws`` times), in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    totals, n = {}, 0
+    totals, n, failures = {}, 0, FailureLog()
     for d in range(draws):
         dataset.set_epoch(d)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=8)
-        for i, (clips, _) in enumerate(loader):
+        for i, (clips, _, _, bad) in enumerate(data_loader(dataset, 8)):
+            failures.note(bad)
+            if len(clips) == 0:
+                continue
             x = to_input(clips.to(device), cfg.modality)
             g = torch.Generator().manual_seed(sample_seed(seed, d, i))
             loss, metrics = model(x, g)

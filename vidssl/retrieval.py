@@ -127,6 +127,7 @@ def _features(cfg: RetrieveConfig, backbone, modality, clip_length, dataset_path
         progress=cfg.progress,
         channels_last=cfg.channels_last,
     )
+    want["videos"] = [r.rel for r in ds.records]  # without any video that failed to decode
     save_features(path, feats, labels, want)
     return feats, labels, ds
 
@@ -161,6 +162,9 @@ def _source(cfg: RetrieveConfig):
 
 def retrieve(cfg: RetrieveConfig) -> dict:
     """Run retrieval; writes ``results.json`` and ``neighbours.csv`` in ``cfg.out`` and returns the results."""
+    from .config import check_ranges
+
+    check_ranges(cfg)
     backbone, modality, clip_frames, meta = _source(cfg)
     source = {k: v for k, v in meta.items() if k in ("init", "backbone", "width", "seed", "step")}
     q, ql, qds = _features(cfg, backbone, modality, clip_frames, cfg.dataset, cfg.cache, "test", "query", meta)
@@ -172,6 +176,7 @@ def retrieve(cfg: RetrieveConfig) -> dict:
         "query_videos": len(ql),
         "gallery_videos": len(gl),
         "feature_dim": q.shape[-1],
+        "skipped": {"query": len(qds.skipped), "gallery": len(gds.skipped)},  # unreadable or bad entries
     }
     if cfg.gallery is None:  # same label space: accuracy at both levels
         results.update(clip_and_video_retrieval(q, g, ql, gl))

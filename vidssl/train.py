@@ -20,10 +20,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from . import checkpoint
+from .data.loading import FailureLog
+from .data.loading import loader as data_loader
 
 log = logging.getLogger("vidssl")
 
@@ -47,6 +49,7 @@ class LoopConfig:
     seed: int = 0
     progress: bool = True
     tensorboard: bool = True
+    on_nan: str = "stop"  # a non-finite loss: stop (naming the step and last checkpoint) or skip the batch
 
 
 def loop_config(command_cfg, **given) -> LoopConfig:
@@ -138,13 +141,17 @@ class CsvLog:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, step_fn, loader, step: int) -> dict[str, float]:
-    """Mean loss and metrics over a loader, in eval mode (nothing in the model changes)."""
+def evaluate(model: nn.Module, step_fn, loader, step: int, failures: FailureLog | None = None) -> dict[str, float]:
+    """Mean loss and metrics over a loader of Batches, in eval mode (nothing in the model changes)."""
     was = model.training
     model.eval()
     totals: dict[str, float] = {}
     n = 0
     for batch in loader:
+        if failures is not None:
+            failures.note(batch.failed)
+        if len(batch.clips) == 0:
+            continue
         loss, metrics = step_fn(model, batch, step, train=False)
         b = batch[0].shape[0]
         for k, v in {"loss": loss.item(), **metrics}.items():
@@ -169,6 +176,14 @@ def ranks_in_sync(model: nn.Module) -> bool:
     gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, sums)
     return all(torch.equal(gathered[0], other) for other in gathered[1:])
+
+
+def _finite_everywhere(loss: torch.Tensor, world: int, device: torch.device) -> bool:
+    """Whether the loss is finite on every rank (ranks must skip a batch together, or DDP hangs)."""
+    bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=device)
+    if world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad)
 
 
 def _grads_finite(params) -> bool:
@@ -207,8 +222,9 @@ def fit(
         prefetch_factor=4 if cfg.workers else None,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, drop_last=True, **loader_kw)
-    val_loader = DataLoader(val_set, cfg.batch_size, shuffle=False, **loader_kw) if val_set is not None else None
+    loader = data_loader(train_set, cfg.batch_size, sampler=sampler, drop_last=True, **loader_kw)
+    val_loader = data_loader(val_set, cfg.batch_size, shuffle=False, **loader_kw) if val_set is not None else None
+    failures = FailureLog()  # videos that fail mid-run: left out of their batches, warned once, counted
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -217,6 +233,7 @@ def fit(
     step, best, skipped_steps = 0, math.inf, 0
     last = os.path.join(ckpt_dir, "last")
     if resume:
+        checkpoint.discard_unfinished(last)  # a save killed before its files were complete
         m = checkpoint.read_meta(last)
         checkpoint.check_compatible(last, m, {k: meta[k] for k in ("backbone", "width", "task")})
         _, weights = checkpoint.load_weights(last)
@@ -271,14 +288,29 @@ def fit(
         sampler.set_epoch(epoch, skip_batches=pos)
         tick, seen = time.perf_counter(), 0
         for batch in loader:
+            failures.note(batch.failed)
+            if len(batch.clips) == 0:  # every video of this batch failed to decode: nothing to learn from
+                continue
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             loss, metrics = step_fn(train_model, batch, step, train=True)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {step}; last good checkpoint: "
-                    f"{last + '.json' if os.path.exists(last + '.json') else 'none yet'}"
-                )
+            if not _finite_everywhere(loss, world, device):
+                if cfg.on_nan != "skip":
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {step}; last good checkpoint: "
+                        f"{last + '.json' if os.path.exists(last + '.json') else 'none yet'} "
+                        "(--resume continues from it; --on-nan skip skips such batches)"
+                    )
+                if main:
+                    log.warning("loss is %s at step %d: batch skipped (--on-nan skip)", loss.item(), step)
+                skipped_steps += 1
+                step += 1
+                bar.update()
+                if step % cfg.ckpt_every == 0:
+                    save("last", epoch, metrics)
+                if step >= cfg.total_steps or step % per_epoch == 0:
+                    break
+                continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if _grads_finite(params):
@@ -301,7 +333,7 @@ def fit(
             if step >= cfg.total_steps or step % per_epoch == 0:
                 break
         if val_loader is not None and (step % per_epoch == 0 or step >= cfg.total_steps):
-            val_metrics = evaluate(model, step_fn, val_loader, step) if main else {}
+            val_metrics = evaluate(model, step_fn, val_loader, step, failures) if main else {}
             record("val", val_metrics, epoch)
             if main:
                 tqdm.write(
@@ -327,6 +359,7 @@ def fit(
         "best_val_loss": best,
         "val": val_metrics,
         "skipped_steps": skipped_steps,
+        "failed_videos": dict(failures.reasons),
         "world_size": world,
         "ranks_in_sync": in_sync,
     }

@@ -38,6 +38,7 @@ from .video import VideoError, list_videos, probe, read_indices
 log = logging.getLogger("vidssl")
 
 KINDS = ("ucf101", "hmdb51", "kinetics", "folder")
+WARN_AT_MOST = 20  # skipped videos named one per line; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,25 @@ class ClipDataset(Dataset):
             self.records.append(rec)
             self.num_frames.append(n)
             self._infos.append(info)
-        if self.skipped:
-            log.warning("%s: skipped %d of %d videos (see dataset.skipped)", name, len(self.skipped), len(records))
+        self._say_skipped(len(records))
+
+    def _say_skipped(self, total: int) -> None:
+        """One warning line per skipped video (the first WARN_AT_MOST), then a count. When every video
+        is skipped, the caller's one error line says it (e.g. --clip-length longer than any video)."""
+        if not self.skipped:
+            return
+        if self.records:
+            for _, reason in self.skipped[:WARN_AT_MOST]:
+                log.warning("skipping %s", reason)
+        more = len(self.skipped) - WARN_AT_MOST if self.records else len(self.skipped)
+        tail = f"; {more} not named above" if more > 0 else ""
+        log.warning("%s: skipped %d of %d videos (all in dataset.skipped%s)", self.name, len(self.skipped), total, tail)
 
     def _path(self, rec: VideoRecord) -> str:
         return os.path.join(self.root, rec.rel)
 
     def _skip(self, rec: VideoRecord, reason: str) -> None:
         self.skipped.append((rec.rel, reason))
-        log.warning("skipping %s", reason)
 
     def _measure(self, rec: VideoRecord):
         if self.cache is not None:
@@ -187,6 +198,18 @@ class ClipDataset(Dataset):
             setattr(new, name, value)
         return new
 
+    def forget(self, failed) -> None:
+        """Drop videos that failed mid-run, ``[(index, path, reason)]`` (from vidssl.data.loading),
+        in place, adding them to ``skipped``; evaluations call it so records match their results."""
+        gone = {i for i, _, _ in failed}
+        if not gone:
+            return
+        keep = [i for i in range(len(self.records)) if i not in gone]
+        self.skipped = self.skipped + [(self.records[i].rel, reason) for i, _, reason in failed]
+        self.records = [self.records[i] for i in keep]
+        self.num_frames = [self.num_frames[i] for i in keep]
+        self._infos = [self._infos[i] for i in keep]
+
     def summary(self) -> dict:
         """Statistics for reports: counts, classes, groups, frames, skipped."""
         frames = np.asarray(self.num_frames) if self.num_frames else np.zeros(1)
@@ -208,7 +231,8 @@ class ClipDataset(Dataset):
 
 def _existing(root: str, items, where: str):
     """Resolve split entries against the folder (case-insensitively, for UCF101's HandStandPushups);
-    entries whose file is missing are returned separately so the dataset can count them."""
+    entries whose file is missing are returned separately, as (entry, reason), so the dataset can
+    count them. One warning per missing video, or one per class whose whole folder is missing."""
     found, missing = [], []
     lower = None
     for rel, label in items:
@@ -219,9 +243,23 @@ def _existing(root: str, items, where: str):
             lower = {v.lower(): v for v in list_videos(root)}
         match = lower.get(rel.lower())
         (found if match else missing).append((match or rel, label))
+    folders = [rel.split("/")[0] for rel, _ in missing]
+    absent = Counter(f for f in folders if not os.path.isdir(os.path.join(root, f)))
+    for folder, n in absent.items():
+        names = [os.path.basename(rel) for rel, _ in missing if rel.split("/")[0] == folder]
+        shown = ", ".join(names[:3]) + (", ..." if n > 3 else "")
+        log.warning(
+            "skipping %d video(s) of %s (%s): named by %s, but its class folder is missing", n, folder, shown, where
+        )
+    reasons = []
     for rel, _ in missing:
-        log.warning("skipping %s: named by %s but not found", os.path.join(root, rel), where)
-    return found, [(rel, f"{os.path.join(root, rel)}: named by {where} but not found") for rel, _ in missing]
+        folder = rel.split("/")[0]
+        if folder in absent:
+            reasons.append((rel, f"{os.path.join(root, rel)}: named by {where} but its class folder is missing"))
+        else:
+            log.warning("skipping %s: named by %s but not found", os.path.join(root, rel), where)
+            reasons.append((rel, f"{os.path.join(root, rel)}: named by {where} but not found"))
+    return found, reasons
 
 
 def _locate(root: str, kind: str, splits_dir: str | None, splits_name: str):
@@ -239,11 +277,13 @@ def _locate(root: str, kind: str, splits_dir: str | None, splits_name: str):
     return videos, os.fspath(splits_dir)
 
 
-def _from_split(videos, classes, items, where, group_of, **kwargs) -> ClipDataset:
+def _from_split(videos, classes, items, rejected, where, group_of, **kwargs) -> ClipDataset:
+    for _, reason in rejected:
+        log.warning("skipping split line %s", reason)
     found, missing = _existing(videos, items, where)
     records = [VideoRecord(rel, label, group_of(rel)) for rel, label in found]
     ds = ClipDataset(videos, records, classes, **kwargs)
-    ds.skipped = missing + ds.skipped
+    ds.skipped = list(rejected) + missing + ds.skipped
     return ds
 
 
@@ -251,19 +291,19 @@ def ucf101(root, split: int = 1, subset: str = "train", splits_dir=None, **kwarg
     """UCF101 in its official layout: ``root/UCF-101/<Class>/*.avi`` and ``root/ucfTrainTestlist/``
     (``root`` may also be the UCF-101 folder itself, with the lists beside it)."""
     videos, splits_dir = _locate(root, "ucf101", splits_dir, "ucfTrainTestlist")
-    classes, items = read_ucf101_split(splits_dir, split, subset)
+    classes, items, rejected = read_ucf101_split(splits_dir, split, subset)
     where = os.path.join(splits_dir, f"{subset}list0{split}.txt")
     kwargs.setdefault("name", f"ucf101 split{split} {subset}")
-    return _from_split(videos, classes, items, where, ucf101_group, **kwargs)
+    return _from_split(videos, classes, items, rejected, where, ucf101_group, **kwargs)
 
 
 def hmdb51(root, split: int = 1, subset: str = "train", splits_dir=None, **kwargs) -> ClipDataset:
     """HMDB51 in its official layout: ``root/<class>/*.avi`` and ``testTrainMulti_7030_splits/``
     (inside ``root`` or beside it)."""
     videos, splits_dir = _locate(root, "hmdb51", splits_dir, "testTrainMulti_7030_splits")
-    classes, items = read_hmdb51_split(splits_dir, split, subset)
+    classes, items, rejected = read_hmdb51_split(splits_dir, split, subset)
     kwargs.setdefault("name", f"hmdb51 split{split} {subset}")
-    return _from_split(videos, classes, items, splits_dir, hmdb51_group, **kwargs)
+    return _from_split(videos, classes, items, rejected, splits_dir, hmdb51_group, **kwargs)
 
 
 def kinetics(root, subset: str = "train", **kwargs) -> ClipDataset:

@@ -17,6 +17,13 @@ class SplitError(ValueError):
     """A missing or malformed split file; the message names the file (and line) and what to do."""
 
 
+Rejected = list[tuple[str, str]]  # (the line's entry, "file:line: what is wrong with it")
+
+
+def _all_rejected(path: str, rejected: Rejected) -> SplitError:
+    return SplitError(f"{path}: no usable line; the first: {rejected[0][1]}")
+
+
 def _lines(path: str):
     if not os.path.isfile(path):
         raise SplitError(f"{path}: split file not found; pass the folder with the official split files")
@@ -48,38 +55,51 @@ def read_ucf101_classes(splits_dir: str) -> list[str]:
     return [classes[i] for i in range(1, len(classes) + 1)]
 
 
-def read_ucf101_split(splits_dir: str, split: int, subset: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(classes, [(relative video path, 0-based label)]) of one official UCF101 split."""
+def read_ucf101_split(splits_dir: str, split: int, subset: str) -> tuple[list[str], list[tuple[str, int]], Rejected]:
+    """(classes, [(relative video path, 0-based label)], rejected lines) of one official UCF101 split.
+
+    A malformed line, a class missing from classInd.txt, a label that disagrees with it or a path
+    leaving the dataset folder rejects that line only (a long run should not die of one bad
+    line); a file with no usable line at all is an error."""
     if split not in (1, 2, 3) or subset not in ("train", "test"):
         raise SplitError(f"UCF101 has splits 1, 2, 3 and subsets train/test, not split {split} {subset!r}")
     classes = read_ucf101_classes(splits_dir)
     # Folder and list spell one class "HandstandPushups", file names "HandStandPushups": match loosely.
     by_lower = {c.lower(): i for i, c in enumerate(classes)}
     path = os.path.join(splits_dir, f"{subset}list0{split}.txt")
-    items = []
+    items, rejected = [], []
     for number, line in _lines(path):
-        parts = line.split()
-        where = f"{path}:{number}"
-        if subset == "train" and (len(parts) != 2 or not parts[1].isdigit()):
-            raise SplitError(f"{where}: expected '<Class>/<video>.avi <label>', got {line!r}")
-        if subset == "test" and len(parts) != 1:
-            raise SplitError(f"{where}: expected '<Class>/<video>.avi', got {line!r}")
-        rel = safe_relpath(parts[0], where)
-        folder = rel.split("/")[0]
-        if "/" not in rel or folder.lower() not in by_lower:
-            raise SplitError(f"{where}: class folder {folder!r} is not in classInd.txt")
-        label = by_lower[folder.lower()]
-        if subset == "train" and int(parts[1]) - 1 != label:
-            raise SplitError(f"{where}: label {parts[1]} disagrees with classInd.txt ({classes[label]} is {label + 1})")
-        items.append((rel, label))
-    return classes, items
+        try:
+            items.append(_ucf101_line(line, f"{path}:{number}", subset, by_lower, classes))
+        except SplitError as e:
+            rejected.append((line, str(e)))
+    if rejected and not items:
+        raise _all_rejected(path, rejected)
+    return classes, items, rejected
+
+
+def _ucf101_line(line: str, where: str, subset: str, by_lower: dict, classes: list[str]) -> tuple[str, int]:
+    parts = line.split()
+    if subset == "train" and (len(parts) != 2 or not parts[1].isdigit()):
+        raise SplitError(f"{where}: expected '<Class>/<video>.avi <label>', got {line!r}")
+    if subset == "test" and len(parts) != 1:
+        raise SplitError(f"{where}: expected '<Class>/<video>.avi', got {line!r}")
+    rel = safe_relpath(parts[0], where)
+    folder = rel.split("/")[0]
+    if "/" not in rel or folder.lower() not in by_lower:
+        raise SplitError(f"{where}: class folder {folder!r} is not in classInd.txt")
+    label = by_lower[folder.lower()]
+    if subset == "train" and int(parts[1]) - 1 != label:
+        raise SplitError(f"{where}: label {parts[1]} disagrees with classInd.txt ({classes[label]} is {label + 1})")
+    return rel, label
 
 
 HMDB_SUBSETS = {"train": "1", "test": "2", "unused": "0"}
 
 
-def read_hmdb51_split(splits_dir: str, split: int, subset: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(classes, [(relative video path, 0-based label)]) of one official HMDB51 split."""
+def read_hmdb51_split(splits_dir: str, split: int, subset: str) -> tuple[list[str], list[tuple[str, int]], Rejected]:
+    """(classes, [(relative video path, 0-based label)], rejected lines) of one official HMDB51
+    split; bad lines are rejected one by one, as for UCF101."""
     if split not in (1, 2, 3) or subset not in HMDB_SUBSETS:
         raise SplitError(f"HMDB51 has splits 1, 2, 3 and subsets train/test/unused, not split {split} {subset!r}")
     if not os.path.isdir(splits_dir):
@@ -89,16 +109,21 @@ def read_hmdb51_split(splits_dir: str, split: int, subset: str) -> tuple[list[st
     if not files:
         raise SplitError(f"{splits_dir}: no '*{suffix}' files; is this the testTrainMulti_7030_splits folder?")
     classes = [f[: -len(suffix)] for f in files]
-    items = []
+    items, rejected = [], []
     for label, (cls, fname) in enumerate(zip(classes, files)):
         path = os.path.join(splits_dir, fname)
         for number, line in _lines(path):
-            parts = line.split()
-            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise SplitError(f"{path}:{number}: expected '<video>.avi 0|1|2', got {line!r}")
-            if parts[1] == HMDB_SUBSETS[subset]:
-                items.append((safe_relpath(f"{cls}/{parts[0]}", f"{path}:{number}"), label))
-    return classes, items
+            parts, where = line.split(), f"{path}:{number}"
+            try:
+                if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                    raise SplitError(f"{where}: expected '<video>.avi 0|1|2', got {line!r}")
+                if parts[1] == HMDB_SUBSETS[subset]:
+                    items.append((safe_relpath(f"{cls}/{parts[0]}", where), label))
+            except SplitError as e:
+                rejected.append((line, str(e)))
+    if rejected and not items:
+        raise _all_rejected(splits_dir, rejected)
+    return classes, items, rejected
 
 
 def ucf101_group(rel: str) -> str:

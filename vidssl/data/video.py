@@ -65,7 +65,7 @@ def _open(path: str):
         # Some real AVIs (HMDB51) carry metadata that is not UTF-8; it must not stop the read.
         container = av.open(path, metadata_errors="ignore")
     except Exception as e:  # PyAV raises many types (InvalidDataError, OSError, ...)
-        raise VideoError(path, f"not a readable video ({_reason(e)})") from None
+        raise VideoError(path, f"not a readable video ({_reason(e, path)})") from None
     if not container.streams.video:
         container.close()
         raise VideoError(path, "has no video stream")
@@ -74,8 +74,10 @@ def _open(path: str):
     return container, stream
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: Exception, path: str = "") -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if path:  # PyAV repeats the file name; the error already starts with it
+        msg = msg.replace(f": '{path}'", "")
     return msg[:200]
 
 
@@ -93,6 +95,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     container, stream = _open(path)
     try:
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        declared = stream.frames or 0  # from the container header (0: unknown)
         width, height = stream.codec_context.width, stream.codec_context.height
         if _reorders_without_pts(container, stream):
             count = sum(1 for _ in container.decode(stream))
@@ -114,6 +117,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         container.close()
     if count == 0:
         raise VideoError(path, "has no decodable frames")
+    # A file cut short (an interrupted copy or download) still opens and reads up to the cut; its
+    # header still declares the full length. Real AVIs differ from their header by one frame (an
+    # N-VOP placeholder), so only a clear shortfall counts.
+    if declared > count + max(2, declared // 10):
+        raise VideoError(path, f"truncated: its header declares {declared} frames, only {count} are there")
     if width <= 0 or height <= 0:
         raise VideoError(path, f"invalid frame size {width}x{height}")
     return VideoInfo(path, count, fps, width, height, pts)
@@ -126,10 +134,14 @@ def _to_array(frame, size: tuple[int, int] | None) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
 
 
-def _decode_from_start(container, stream, start: int, stop: int, size) -> list[np.ndarray]:
+def _decode_from_start(container, stream, start: int, stop: int, size, pts=None) -> list[np.ndarray]:
     container.seek(0, stream=stream)
     out = []
     for i, frame in enumerate(container.decode(stream)):
+        # A damaged packet can make the decoder drop its frame without an error: every later frame
+        # would come out one place early. Where timestamps name the frames, that is caught here.
+        if pts is not None and frame.pts is not None and i < len(pts) and frame.pts != pts[i]:
+            raise ValueError(f"frame {i} did not decode (damaged stream)")
         if i >= start:
             out.append(_to_array(frame, size))
         if i + 1 >= stop:
@@ -182,7 +194,7 @@ def read_frames(
         if info.seekable and start > 0:
             frames = _decode_by_seek(container, stream, info.pts, start, stop, size)
         if frames is None:
-            frames = _decode_from_start(container, stream, start, stop, size)
+            frames = _decode_from_start(container, stream, start, stop, size, info.pts)
     except Exception as e:
         raise VideoError(path, f"decoding failed ({_reason(e)})") from None
     finally:
