@@ -138,7 +138,8 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(sy
         assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
         break
     print(f"{kills} kills; last checkpoint after each: step {steps_seen}")
-    assert kills >= 2 and steps_seen == sorted(steps_seen) and steps_seen[-1] < iters, (kills, steps_seen)
+    # (a kill may also land after the last save, before the process exits: resuming then just finishes)
+    assert kills >= 2 and steps_seen == sorted(steps_seen) and steps_seen[0] < iters, (kills, steps_seen)
     a, b = _weights(straight), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a), f"after {kills} kills the weights differ"
     assert json.load(open(os.path.join(out, "summary.json")))["steps"] == iters

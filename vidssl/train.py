@@ -304,19 +304,13 @@ def fit(
                 if main:
                     log.warning("loss is %s at step %d: batch skipped (--on-nan skip)", loss.item(), step)
                 skipped_steps += 1
-                step += 1
-                bar.update()
-                if step % cfg.ckpt_every == 0:
-                    save("last", epoch, metrics)
-                if step >= cfg.total_steps or step % per_epoch == 0:
-                    break
-                continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if _grads_finite(params):
-                opt.step()
-            else:  # bf16 on CPU occasionally yields inf gradients (shared/notes): skip, count
-                skipped_steps += 1
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if _grads_finite(params):
+                    opt.step()
+                else:  # bf16 on CPU occasionally yields inf gradients (shared/notes): skip, count
+                    skipped_steps += 1
             step += 1
             seen += batch[0].shape[0] * world
             if step % cfg.log_every == 0 or step == cfg.total_steps:
