@@ -33,7 +33,7 @@ from vidssl.data.synth import SynthConfig, generate  # noqa: E402
 from vidssl.data.transforms import train_transform  # noqa: E402
 from vidssl.data.video import read_frames  # noqa: E402
 from vidssl.preprocess import PreprocessConfig, preprocess  # noqa: E402
-from vidssl.stats import format_table  # noqa: E402
+from vidssl.report import format_table  # noqa: E402
 
 SIZE = (128, 171)
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

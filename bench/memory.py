@@ -65,7 +65,7 @@ def main():
 
     from vidssl.data.synth import SynthConfig, generate
     from vidssl.preprocess import PreprocessConfig, preprocess
-    from vidssl.stats import format_table
+    from vidssl.report import format_table
 
     work = tempfile.mkdtemp(prefix="vidssl-bench-")
     try:

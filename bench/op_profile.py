@@ -24,9 +24,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from vidssl.backbones import build  # noqa: E402
 from vidssl.data.transforms import memory_format  # noqa: E402
-from vidssl.pretrain import PretextModel  # noqa: E402
-from vidssl.stats import format_table  # noqa: E402
-from vidssl.tasks import RotationTask  # noqa: E402
+from vidssl.report import format_table  # noqa: E402
+from vidssl.tasks import (
+    PretextModel,  # noqa: E402
+    RotationTask,  # noqa: E402
+)
 
 GROUPS = {  # op-name fragments -> group (first match wins)
     "convolution": ("conv", "mkldnn_convolution"),

@@ -34,8 +34,9 @@ from vidssl.data.sampling import RandomClip  # noqa: E402
 from vidssl.data.synth import SynthConfig, generate  # noqa: E402
 from vidssl.data.transforms import memory_format, to_input, train_transform  # noqa: E402
 from vidssl.preprocess import PreprocessConfig, preprocess  # noqa: E402
-from vidssl.pretrain import PretextModel, bf16_fast  # noqa: E402
-from vidssl.stats import format_table  # noqa: E402
+from vidssl.report import format_table  # noqa: E402
+from vidssl.runtime import bf16_fast  # noqa: E402
+from vidssl.tasks import PretextModel  # noqa: E402
 from vidssl.tasks.rotation import RotationTask  # noqa: E402
 
 BATCH = 8

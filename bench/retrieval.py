@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from vidssl.report import format_table  # noqa: E402
 from vidssl.retrieval import nearest  # noqa: E402
-from vidssl.stats import format_table  # noqa: E402
 
 QUERIES, GALLERY, DIM, CLIPS, K = 3783, 9537, 9216, 10, 50
 

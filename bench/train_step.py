@@ -38,8 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from vidssl.backbones import build, set_grad_checkpointing  # noqa: E402
-from vidssl.pretrain import bf16_fast, pick_device  # noqa: E402
-from vidssl.stats import format_table  # noqa: E402
+from vidssl.report import format_table  # noqa: E402
+from vidssl.runtime import bf16_fast, pick_device  # noqa: E402
 
 SHAPE = (3, 16, 112, 112)
 BATCH, CLASSES = 8, 101

@@ -4,8 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
+from vidssl.config import PretrainConfig
 from vidssl.data.synth import SynthConfig, generate
 from vidssl.data.video import write_video
+from vidssl.pretrain import pretrain
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 UCF_SAMPLE = os.path.join(SHARED_DATA, "ucf101-sample", "UCF-101")
@@ -22,6 +24,30 @@ def tiny_synth(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("synth"))
     generate(out, TINY, workers=1, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def pretrained(tiny_synth, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pre"))
+    return pretrain(
+        PretrainConfig(
+            tiny_synth,
+            out=out,
+            backbone="r3d_10",
+            width=0.25,
+            clip_length=8,
+            batch_size=4,
+            iters=4,
+            lr=0.01,
+            val_videos=2,
+            workers=0,
+            tensorboard=False,
+            keep_every=2,
+            frame_size=(40, 40),
+            crop=32,
+            progress=False,
+        )
+    )
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from vidssl.data.transforms import eval_transform
 from vidssl.features import extract_features
 from vidssl.finetune import FinetuneConfig, few_shot_indices, finetune, score_report
 from vidssl.fuse import geometric_fusion
-from vidssl.pretrain import PretrainConfig, pretrain
 from vidssl.probe import knn_classify, linear_probe
 from vidssl.retrieval import clip_and_video_retrieval, topk_retrieval
 
@@ -99,28 +98,6 @@ def test_knn_and_linear_probe_separate_clusters():
     test = centres[test_y] + torch.randn(30, 16, generator=gen)
     assert (knn_classify(train, train_y, test, k=5) == test_y).all()
     assert (linear_probe(train, train_y, test, 3) == test_y).float().mean() > 0.95
-
-
-@pytest.fixture(scope="module")
-def pretrained(tiny_synth, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("pre"))
-    return pretrain(
-        PretrainConfig(
-            tiny_synth,
-            out=out,
-            backbone="r3d_10",
-            width=0.25,
-            clip_length=8,
-            batch_size=4,
-            iters=4,
-            lr=0.01,
-            val_videos=2,
-            workers=0,
-            tensorboard=False,
-            keep_every=2,
-            **SMALL,
-        )
-    )
 
 
 def test_strict_loading_and_frozen_blocks(tiny_synth, pretrained, tmp_path):
@@ -260,11 +237,12 @@ def test_channels_last_finetuning_computes_the_same_run(tiny_synth, pretrained, 
 
 
 def test_bf16_default_is_on_only_where_it_is_faster():
-    from vidssl.pretrain import bf16_fast, bf16_supported, choose_bf16
+    from vidssl.runtime import bf16_choice, bf16_fast, bf16_supported
 
     cpu = torch.device("cpu")
-    assert choose_bf16(None, cpu) == bf16_fast(cpu)  # unset: the measured-faster rule
-    assert choose_bf16(True, cpu) == bf16_supported(cpu)  # asked: wherever it runs
-    assert choose_bf16(False, cpu) is False
-    if not bf16_fast(cpu):  # e.g. this CI's CPUs: no AMX -> fp32
-        assert choose_bf16(None, cpu) is False
+    assert bf16_choice(None, cpu)[0] == bf16_fast(cpu)  # unset: the measured-faster rule
+    assert bf16_choice(True, cpu)[0] == bf16_supported(cpu)  # asked: wherever it runs
+    assert bf16_choice(False, cpu)[0] is False
+    if not bf16_fast(cpu):  # e.g. this CI's CPUs: no AMX -> fp32, and one line says why
+        use, why = bf16_choice(None, cpu)
+        assert not use and why == "fp32 on cpu: bf16 is not faster here (this CPU has no AMX); --bf16 forces it"

@@ -6,6 +6,24 @@ best = pretrain(PretrainConfig("data/synth", task="rotation", width=0.25, iters=
 
 __version__ = "0.1.0"
 
-from .pretrain import PretrainConfig, pretrain  # noqa: E402
+# Loaded on first use, so that `vidssl --help` does not import torch.
+_LAZY = {
+    "PretrainConfig": "vidssl.config",
+    "FinetuneConfig": "vidssl.config",
+    "RetrieveConfig": "vidssl.config",
+    "pretrain": "vidssl.pretrain",
+    "finetune": "vidssl.finetune",
+    "retrieve": "vidssl.retrieval",
+    "load_encoder": "vidssl.checkpoint",
+}
 
-__all__ = ["PretrainConfig", "pretrain", "__version__"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vidssl' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

@@ -22,6 +22,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file
@@ -204,3 +205,72 @@ def load_backbone(path: str, device: str | torch.device = "cpu") -> tuple[nn.Mod
             f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     return model.to(device), meta
+
+
+@dataclass
+class EncoderInfo:
+    """What a network was trained on, so that an evaluation prepares clips the same way."""
+
+    backbone: str
+    width: float
+    modality: str = "rgb"
+    clip_length: int = 16
+    frame_size: tuple[int, int] | None = None
+    crop: int = 112
+    kind: str = "random"  # pretrain, finetune, or random (not loaded from a file)
+    task: str | None = None
+    step: int | None = None
+    path: str | None = None
+
+    @property
+    def frames(self) -> int:
+        """Frames a loader reads per clip (DIF needs one more)."""
+        return self.clip_length + (1 if self.modality == "dif" else 0)
+
+
+def load_encoder(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, EncoderInfo]:
+    """The backbone of any vidssl checkpoint (pretraining or fine-tuning), weights loaded strictly,
+    and how it was trained (modality, clip length, frame size, crop)."""
+    backbone, meta = load_backbone(path, device)
+    cfg = meta.get("config") or {}
+    modality = meta.get("modality") or cfg.get("modality") or "rgb"
+    size = cfg.get("frame_size")
+    info = EncoderInfo(
+        backbone=meta["backbone"],
+        width=meta["width"],
+        modality="rgb" if modality == "auto" else modality,
+        clip_length=meta.get("clip_length") or cfg.get("clip_length") or 16,
+        frame_size=tuple(size) if size else None,
+        crop=cfg.get("crop", 112),
+        kind=meta.get("kind", "pretrain"),
+        task=meta.get("task"),
+        step=meta.get("step"),
+        path=os.path.abspath(path),
+    )
+    return backbone, info
+
+
+def load_pretext_model(path: str, device: str | torch.device = "cpu"):
+    """(PretextModel, its PretrainConfig) rebuilt from a pretraining checkpoint alone (weights
+    loaded strictly)."""
+    import dataclasses
+
+    from . import backbones
+    from .config import PretrainConfig
+    from .tasks import PretextModel, build_task
+
+    meta, weights = load_weights(path)
+    if meta.get("kind") != "pretrain":
+        raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint, not a pretraining one")
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values = {k: v for k, v in meta["config"].items() if k in known}
+    if values.get("frame_size") is not None:
+        values["frame_size"] = tuple(values["frame_size"])
+    cfg = PretrainConfig(**values)
+    backbone = backbones.build(meta["backbone"], meta["width"])
+    model = PretextModel(backbone, build_task(cfg, backbone.num_features))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model it names ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), cfg

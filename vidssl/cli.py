@@ -1,54 +1,253 @@
-"""The `vidssl` command: one subcommand per job, each configured by one dataclass."""
+"""The `vidssl` command: one subcommand per job, each configured by one typed dataclass (vidssl.config).
+
+Parsing is tyro's: flags come from the dataclass fields (``--batch-size``, ``--no-progress``),
+their help from the fields' comments, choices from their ``Literal`` types. A config file sets the
+same fields (``--config run.yaml``; flags override it), ``--print-config`` prints the resolved config
+in that format and exits, and every run stores it as ``config.yaml`` in its output folder. A bad
+argument is one line naming it and exit code 2. Heavy libraries (torch, PyAV, matplotlib) are
+imported only inside the command that runs, so ``vidssl --help`` is fast.
+"""
 
 from __future__ import annotations
 
-import argparse
+import difflib
 import logging
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass
 
-from .checkpoint import CheckpointError
-from .config import add_config_args, check_ranges, config_from_args
-from .data.splits import SplitError
-from .data.synth import SynthConfig
-from .data.video import VideoError
-from .demo import DemoConfig
-from .finetune import FinetuneConfig
-from .fuse import FuseConfig
-from .info import InfoConfig
-from .preprocess import PreprocessConfig
-from .pretrain import EvalPretextConfig, PretrainConfig
-from .probe import ProbeConfig
-from .retrieval import RetrieveConfig
-from .stats import STATS_COLUMNS, StatsConfig, format_table
-from .visualize import VisualizeConfig
+from . import __version__
 
-# Errors that are the user's to fix: one line, exit code 2, no traceback (VIDSSL_DEBUG=1 shows it).
-USER_ERRORS = (
-    VideoError,
-    SplitError,
-    CheckpointError,
-    FileNotFoundError,
-    NotADirectoryError,
-    FileExistsError,
-    ValueError,
-    FloatingPointError,
+# name -> (config class in vidssl.config, runner, one-line help)
+COMMANDS = {
+    "synth": ("SynthCommand", "run_synth", "write the embedded synthetic dataset (UCF101 layout)"),
+    "preprocess": ("PreprocessConfig", "run_preprocess", "decode a dataset once into a frame cache"),
+    "stats": ("StatsConfig", "run_stats", "print what a dataset holds, split by split"),
+    "pretrain": ("PretrainConfig", "run_pretrain", "self-supervised pretraining (rotation, clip order)"),
+    "finetune": ("FinetuneConfig", "run_finetune", "fine-tune for action recognition and test"),
+    "retrieve": ("RetrieveConfig", "run_retrieve", "nearest-neighbour video retrieval (top-k)"),
+    "eval-pretext": ("EvalPretextConfig", "run_eval_pretext", "pretext accuracy of checkpoints"),
+    "fuse": ("FuseConfig", "run_fuse", "late fusion of two fine-tuned models (RGB + DIF)"),
+    "probe": ("ProbeConfig", "run_probe", "linear and k-NN classifiers on frozen features"),
+    "visualize": ("VisualizeConfig", "run_visualize", "attention maps, kernels, retrieval samples, curves"),
+    "info": ("InfoConfig", "run_info", "parameters, FLOPs and feature shapes of every backbone"),
+    "demo": ("DemoConfig", "run_demo", "the main job on the embedded synthetic dataset"),
+}
+
+CONFIG_HELP = (
+    "Options can also come from a config file: --config FILE.yaml sets the same fields (flags given "
+    "with it override the file); --print-config prints the resolved config in that format and exits. "
+    "Every run stores its config as OUT/config.yaml."
 )
 
 
-@dataclass
-class SynthCommand(SynthConfig):
-    out: str = "data/synth"  # folder to write UCF-101/ and ucfTrainTestlist/ into
-    workers: int = 0  # parallel processes (0: one per core)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: one line, exit code 2, no traceback (VIDSSL_DEBUG=1 shows it)."""
+    from .checkpoint import CheckpointError
+    from .data.splits import SplitError
+    from .data.video import VideoError
+
+    return (VideoError, SplitError, CheckpointError, FileNotFoundError, NotADirectoryError, FileExistsError,
+            ValueError, FloatingPointError)  # fmt: skip
 
 
-def run_synth(cfg: SynthCommand) -> None:
+def top_help() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: vidssl [-h] [--version] COMMAND ...",
+        "",
+        "Self-supervised spatiotemporal feature learning from unlabelled video (3DRotNet, VCOP).",
+        "",
+        "commands:",
+        *(f"  {name.ljust(width)}  {text}" for name, (_, _, text) in COMMANDS.items()),
+        "",
+        "`vidssl COMMAND --help` lists a command's options. " + CONFIG_HELP,
+    ]
+    return "\n".join(lines)
+
+
+class ArgError(Exception):
+    """A command line that does not parse: the one line to print."""
+
+
+def _one_line(event) -> str | None:
+    """One line for a tyro parse error (None: let tyro print its own)."""
+    from tyro import _errors as te
+
+    arg = getattr(event, "argument", None)
+    name = "/".join(arg.lowered.name_or_flags) if arg is not None and arg.lowered.name_or_flags else "value"
+    if isinstance(event, te.InvalidChoice):
+        return f"argument {name}: invalid choice: {event.value!r} (choose from {', '.join(map(repr, event.choices))})"
+    if isinstance(event, te.UnrecognizedArgs):
+        return f"unrecognized arguments: {' '.join(event.tokens)}"
+    if isinstance(event, te.MissingArgs):
+        names = [m.arg.lowered.metavar or "/".join(m.arg.lowered.name_or_flags) for m in event.missing_arguments]
+        return f"the following arguments are required: {', '.join(names)}"
+    if isinstance(event, te.BadValue):
+        given = f" {event.offending_value!r}" if event.offending_value else ""
+        return f"argument {name}: {event.reason.replace('_', ' ')}{given}"
+    if isinstance(event, te.InstantiationFailure):
+        text = event.message.strip().splitlines()[0]
+        if text.startswith("no type matching"):  # e.g. --iters x for an int-or-unset option
+            metavar = arg.lowered.metavar if arg is not None else ""
+            given = text.split(" from ", 1)[-1].rstrip(".")
+            return f"argument {name}: {given} is not {metavar.lower().replace('{none}|', 'none or ')}"
+        return f"argument {name}: {text}"
+    return None
+
+
+def _take(args: list[str], flag: str, with_value: bool) -> tuple[list[str], str | bool | None]:
+    """``args`` without ``flag`` (and its value), and that value (True for a bare flag, None if absent)."""
+    rest, value, it = [], None, iter(range(len(args)))
+    for i in it:
+        a = args[i]
+        if a == flag:
+            if not with_value:
+                value = True
+                continue
+            if i + 1 >= len(args):
+                raise ArgError(f"argument {flag}: expected a file")
+            value = args[i + 1]
+            next(it)
+        elif with_value and a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return rest, value
+
+
+def read_config_file(path: str) -> dict:
+    """Options from a YAML (or JSON) file; a run's config.json is read for the config it stores."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not a readable config file ({str(e).splitlines()[0]})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "kind" in data:
+        data = data["config"]  # the config.json a pretraining or fine-tuning run wrote
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file holds `option: value` lines, not a {type(data).__name__}")
+    return data
+
+
+def parse_command(name: str, args: list[str]):
+    """(config, print_config) for ``vidssl NAME ARGS``; raises ArgError or a user error."""
+    import tyro
+    from tyro import _errors as te
+
+    from . import config
+
+    cls = getattr(config, COMMANDS[name][0])
+    args, path = _take(args, "--config", True)
+    args, show = _take(args, "--print-config", False)
+    default = config.from_plain(cls, read_config_file(path), path, partial=True) if path else None
+
+    def hook(event):
+        line = _one_line(event)
+        if line is not None:
+            raise ArgError(line)
+
+    description = f"{COMMANDS[name][2]}.\n\n{CONFIG_HELP}"
+    with te.on_parse_error(hook):
+        cfg = tyro.cli(cls, args=args, prog=f"vidssl {name}", default=default, description=description,
+                       registry=_registry())  # fmt: skip
+    return cfg, bool(show)
+
+
+def _registry():
+    """tyro's constructors, plus: an unset option is written `none` (or `None`) on the command line."""
+    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
+
+    registry = ConstructorRegistry()
+
+    @registry.primitive_rule
+    def none_rule(type_info):
+        if type_info.type is not type(None):
+            return None
+        return PrimitiveConstructorSpec(
+            nargs=1,
+            metavar="{none}",
+            choices=("none", "None"),
+            instance_from_str=lambda args: None,
+            is_instance=lambda x: x is None,
+            str_from_instance=lambda instance: ["none"],
+        )
+
+    return registry
+
+
+def resolved(name: str, cfg):
+    """The config as the command will run it (pretraining fills the paper's values for its task)."""
+    from . import config
+
+    return config.resolve_pretrain(cfg) if name == "pretrain" else cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="vidssl: warning: %(message)s", level=logging.WARNING)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_help(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"vidssl {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        near = difflib.get_close_matches(name, COMMANDS, 1)
+        hint = f"; did you mean {near[0]!r}?" if near else f" (choose from {', '.join(COMMANDS)})"
+        print(f"vidssl: error: unknown command {name!r}{hint}", file=sys.stderr)
+        return 2
+    try:
+        from .config import check_ranges, dump_config
+
+        cfg, show = parse_command(name, argv[1:])
+        check_ranges(cfg)
+        if show:
+            print(dump_config(resolved(name, cfg), name), end="")
+            return 0
+        globals()[COMMANDS[name][1]](cfg)
+    except ArgError as e:
+        print(f"vidssl {name}: error: {e} (`vidssl {name} --help` lists the options)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vidssl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("VIDSSL_DEBUG") or not isinstance(e, user_errors()):  # imports torch: only on errors
+            raise
+        print(f"vidssl {name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main_exit() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands: run one config, print its result. Only rank 0 prints under torchrun.
+
+
+def _main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_synth(cfg) -> None:
+    import time
+    from dataclasses import fields
+
+    from .config import SynthConfig
     from .data.synth import generate
 
     start = time.time()
-    conf = SynthConfig(**{k: v for k, v in asdict(cfg).items() if k in SynthConfig.__dataclass_fields__})
+    conf = SynthConfig(**{f.name: getattr(cfg, f.name) for f in fields(SynthConfig)})
     generate(cfg.out, conf, workers=cfg.workers or None)
     n = cfg.classes * cfg.groups * cfg.clips
     print(
@@ -57,37 +256,42 @@ def run_synth(cfg: SynthCommand) -> None:
     )
 
 
-def run_preprocess(cfg: PreprocessConfig) -> None:
+def run_preprocess(cfg) -> None:
     from .preprocess import preprocess
 
     r = preprocess(cfg)
+    shard = f" (shard {r['shard']})" if "shard" in r else ""
     print(
-        f"cache {r['cache']}: {r['videos']} videos ({r['written_now']} written now, {r['already_cached']} "
+        f"cache {r['cache']}{shard}: {r['videos']} videos ({r['written_now']} written now, {r['already_cached']} "
         f"already there, {r['skipped']} skipped as unreadable, listed in skipped.json); "
         f"{r['cached_bytes'] / 1e6:.1f} MB, {r['bytes_per_video'] / 1e3:.1f} kB per video; {r['seconds']}s"
     )
 
 
-def run_stats(cfg: StatsConfig) -> None:
-    from .stats import dataset_stats
+def run_stats(cfg) -> None:
+    from .report import format_table
+    from .stats import STATS_COLUMNS, dataset_stats
 
     rows = dataset_stats(cfg)
     print(f"{cfg.dataset} ({rows[0]['kind']}, split {cfg.split})")
     print(format_table(rows, STATS_COLUMNS))
 
 
-def run_pretrain(cfg: PretrainConfig) -> None:
+def run_pretrain(cfg) -> None:
     from .pretrain import pretrain
 
     path = pretrain(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _main_rank():
         print(f"best checkpoint: {path}")
 
 
-def run_finetune(cfg: FinetuneConfig) -> None:
+def run_finetune(cfg) -> None:
     from .finetune import finetune
+    from .report import format_table
 
     res = finetune(cfg)
+    if not _main_rank():
+        return
     rows = [
         {
             "seed": r["seed"],
@@ -107,10 +311,13 @@ def run_finetune(cfg: FinetuneConfig) -> None:
     )
 
 
-def run_retrieve(cfg: RetrieveConfig) -> None:
+def run_retrieve(cfg) -> None:
+    from .report import format_table
     from .retrieval import retrieve
 
     res = retrieve(cfg)
+    if not _main_rank():
+        return
     print(
         f"{res['query_videos']} query videos, {res['gallery_videos']} gallery videos, "
         f"{res['feature_dim']}-d features ({cfg.feature}) from {res['source']['init']}"
@@ -120,51 +327,54 @@ def run_retrieve(cfg: RetrieveConfig) -> None:
             {"level": lvl, **{f"top-{k}": f"{100 * v:.1f}" for k, v in res[lvl].items()}} for lvl in ("clip", "video")
         ]
         print(format_table(rows, list(rows[0])))
+        print("video level: the mean of each video's clip features (VCOP Tables 2-3); clip level: every clip")
     print(f"nearest neighbours: {os.path.join(cfg.out, 'neighbours.csv')}")
 
 
-def run_eval_pretext(cfg: EvalPretextConfig) -> None:
-    from .pretrain import eval_pretext
+def run_eval_pretext(cfg) -> None:
+    from .eval_pretext import eval_pretext
+    from .report import format_table
 
     rows = eval_pretext(cfg)
+    if not _main_rank():
+        return
     for r in rows:
         r["checkpoint"] = os.path.basename(r["checkpoint"])
     print(format_table(rows, list(rows[0])))
 
 
-def run_fuse(cfg: FuseConfig) -> None:
+def run_fuse(cfg) -> None:
     from .fuse import fuse
+    from .report import format_table
 
     r = fuse(cfg)
-    print(
-        format_table(
-            [
-                {"model": n, "video top-1": f"{100 * r[k]:.1f}"}
-                for n, k in (("A " + cfg.a, "a"), ("B " + cfg.b, "b"), ("fused (geometric mean)", "fused"))
-            ],
-            ["model", "video top-1"],
-        )
-    )
+    rows = [
+        {"model": n, "video top-1": f"{100 * r[k]:.1f}"}
+        for n, k in (("A " + cfg.a, "a"), ("B " + cfg.b, "b"), ("fused (geometric mean)", "fused"))
+    ]
+    print(format_table(rows, ["model", "video top-1"]))
 
 
-def run_probe(cfg: ProbeConfig) -> None:
+def run_probe(cfg) -> None:
     from .probe import probe
 
     r = probe(cfg)
-    print(
-        f"linear probe top-1 {100 * r['linear_top1']:.1f}, {cfg.k}-NN top-1 {100 * r['knn_top1']:.1f} "
-        f"({r['train_videos']} train / {r['test_videos']} test videos, {r['feature_dim']}-d)"
-    )
+    if _main_rank():
+        print(
+            f"linear probe top-1 {100 * r['linear_top1']:.1f}, {cfg.k}-NN top-1 {100 * r['knn_top1']:.1f} "
+            f"({r['train_videos']} train / {r['test_videos']} test videos, {r['feature_dim']}-d)"
+        )
 
 
-def run_visualize(cfg: VisualizeConfig) -> None:
+def run_visualize(cfg) -> None:
     from .visualize import visualize
 
     print(f"wrote {visualize(cfg)}")
 
 
-def run_info(cfg: InfoConfig) -> None:
+def run_info(cfg) -> None:
     from .info import info
+    from .report import format_table
 
     rows = info(cfg)
     for r in rows:
@@ -173,79 +383,7 @@ def run_info(cfg: InfoConfig) -> None:
     print(format_table(rows, ["backbone", "params", "gflops", "feature", "conv5", "retrieval"]))
 
 
-def run_demo(cfg: DemoConfig) -> None:
+def run_demo(cfg) -> None:
     from .demo import demo
 
     demo(cfg)
-
-
-# name -> (config class, runner, positional fields, one-line help)
-COMMANDS = {
-    "synth": (SynthCommand, run_synth, ("out",), "write the embedded synthetic dataset (UCF101 layout)"),
-    "preprocess": (PreprocessConfig, run_preprocess, ("dataset",), "decode a dataset once into a frame cache"),
-    "stats": (StatsConfig, run_stats, ("dataset",), "print what a dataset holds, split by split"),
-    "pretrain": (PretrainConfig, run_pretrain, ("dataset",), "self-supervised pretraining (rotation, clip order)"),
-    "finetune": (FinetuneConfig, run_finetune, ("dataset",), "fine-tune for action recognition and test"),
-    "retrieve": (RetrieveConfig, run_retrieve, ("dataset",), "nearest-neighbour video retrieval (top-k)"),
-    "eval-pretext": (
-        EvalPretextConfig,
-        run_eval_pretext,
-        ("checkpoints", "dataset"),
-        "pretext accuracy of checkpoints",
-    ),
-    "fuse": (FuseConfig, run_fuse, ("a", "b"), "late fusion of two fine-tuned models (RGB + DIF)"),
-    "probe": (ProbeConfig, run_probe, ("dataset",), "linear and k-NN classifiers on frozen features"),
-    "visualize": (
-        VisualizeConfig,
-        run_visualize,
-        ("what", "source"),
-        "attention maps, kernels, retrieval samples, curves",
-    ),
-    "info": (InfoConfig, run_info, (), "parameters, FLOPs and feature shapes of every backbone"),
-    "demo": (DemoConfig, run_demo, (), "the main job on the embedded synthetic dataset"),
-}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that answers a bad argument with one line (what is wrong, the valid choices, where
-    to look) and exit code 2, instead of the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="vidssl",
-        description="Self-supervised spatiotemporal feature learning from unlabelled video (3DRotNet, VCOP).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (cls, _, positional, text) in COMMANDS.items():
-        p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_config_args(p, cls, positional)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="vidssl: warning: %(message)s", level=logging.WARNING)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    cls, run, _, _ = COMMANDS[args.command]
-    try:
-        cfg = config_from_args(cls, args)
-        check_ranges(cfg)
-        run(cfg)
-    except USER_ERRORS as e:
-        if os.environ.get("VIDSSL_DEBUG"):
-            raise
-        print(f"vidssl {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vidssl: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-def main_exit() -> None:
-    """Console-script entry point."""
-    sys.exit(main())

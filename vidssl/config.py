@@ -1,139 +1,320 @@
-"""Typed command configs -> argparse, with one-line help taken from the field comments.
+"""The typed config of every command, composed from shared option blocks.
 
-Each command has one dataclass whose fields are its options, with defaults and a ``# comment``
-after each (nanoGPT's single place for settings, without its exec). Field types map to flags:
-bool -> ``--x/--no-x``; ``Literal[...]`` -> choices; ``tuple[int, int]`` -> "HxW"; ``X | None`` accepts
-"none". Fields listed in ``positional`` become positional arguments.
+One dataclass per command; its fields are the command's options, each with its default and a
+``# comment`` that ``--help`` shows (tyro, the CLI library, reads the comments; see vidssl.cli).
+What several commands share is declared once, in a block the command configs inherit:
+``RuntimeOptions`` (where and how a network runs), ``TrainRuntimeOptions`` (+ compile, activation
+checkpointing), ``LoopOptions`` (the training loop), ``DataOptions`` (which dataset and how its
+frames are prepared), ``TaskOptions`` (the pretext task's own arguments) and ``EncoderOptions``
+(which network features come from). Blocks are keyword-only, so a command's own required fields
+stay positional in Python: ``PretrainConfig("data/synth", task="rotation", iters=1000)``.
+
+Each choice list is one ``Literal`` alias; each numeric range is part of the field's type
+(``Positive[int]``, ``Probability``, ...) and checked by ``check_ranges`` before anything runs.
+This module imports neither torch nor any video library, so that ``vidssl --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import inspect
-import re
-import types
-import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from tyro.conf import Positional, arg
+
+from .fields import (  # noqa: F401  (check_ranges, to_plain, ... are used through this module too)
+    Block,
+    Dataset,
+    Device,
+    FeatureKind,
+    Fraction,
+    Kind,
+    Modality,
+    NonNegative,
+    OnNan,
+    Optimizer,
+    Positive,
+    Probability,
+    Range,
+    RotationSet,
+    Schedule,
+    Size,
+    Subset,
+    TaskName,
+    TriState,
+    check_ranges,
+    dump_config,
+    from_plain,
+    to_plain,
+    write_config,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Shared option blocks
 
 
-def _comments(cls) -> dict[str, str]:
-    """``name -> comment`` for ``name: type = default  # comment`` lines of a dataclass."""
-    out = {}
-    for klass in reversed(cls.__mro__):
-        try:
-            src = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", src, re.M):
-            out[m.group(1)] = m.group(2).strip()
-    return out
+@dataclass(kw_only=True)
+class RuntimeOptions:
+    device: Device = "auto"  # where the network runs: auto is CUDA when torch sees a GPU, else CPU
+    bf16: TriState = None  # bf16 autocast; unset: where it is faster (CUDA, CPUs with AMX); --no-bf16: never
+    channels_last: bool = True  # channels_last_3d memory (1.3-1.5x faster at 16x112x112 on CPU)
 
 
-def parse_size(text: str) -> tuple[int, int] | None:
-    """'128x171' -> (128, 171); '112' -> (112, 112); 'none' -> None."""
-    if text.lower() == "none":
-        return None
-    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip().lower())
-    if not m or int(m.group(1)) <= 0 or (m.group(2) and int(m.group(2)) <= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write HxW (e.g. 128x171), N, or none")
-    h = int(m.group(1))
-    return (h, int(m.group(2) or h))
+@dataclass(kw_only=True)
+class TrainRuntimeOptions(RuntimeOptions):
+    compile: bool = False  # torch.compile the backbone (for GPUs; on CPU no faster in training, needs g++)
+    grad_checkpointing: bool = False  # recompute activations in backward: ~30% less memory, ~1.3x the time
 
 
-def _optional(conv):
-    def parse(text):
-        return None if text.lower() == "none" else conv(text)
-
-    parse.__name__ = conv.__name__
-    return parse
-
-
-def _kind(tp):
-    """(converter, choices, is_bool) for a field type."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        inner = [a for a in args if a is not type(None)][0]
-        conv, choices, is_bool = _kind(inner)
-        if is_bool:  # --x / --no-x, default None ("decided at run time")
-            return None, None, True
-        return (conv if conv is parse_size else _optional(conv)), choices, False
-    if tp is bool:
-        return None, None, True
-    if origin is typing.Literal:
-        return type(args[0]), list(args), False
-    if origin is tuple:
-        return parse_size, None, False
-    return tp, None, False
+@dataclass(kw_only=True)
+class LoopOptions:
+    batch_size: Positive[int] | None = None  # clips (rotation, fine-tuning) or tuples (clip order) per step
+    iters: Positive[int] | None = None  # total steps (wins over --epochs)
+    epochs: Positive[int] | None = None  # total epochs
+    optimizer: Optimizer = "sgd"  # the papers use SGD
+    lr: Positive[float] | None = None  # initial learning rate
+    momentum: NonNegative[float] = 0.9  # SGD momentum
+    weight_decay: NonNegative[float] = 5e-4  # weight decay
+    schedule: Schedule = "step"  # step: x0.1 every --lr-decay-every steps (papers); cosine: to 0 at the end
+    lr_decay_every: NonNegative[int] | None = None  # steps between x0.1 decays (0: never)
+    warmup: NonNegative[int] = 0  # steps of linear learning-rate warm-up
+    workers: NonNegative[int] | None = None  # DataLoader workers; unset: the number of cores, at most 8
+    on_nan: OnNan = "stop"  # a NaN/inf loss: stop naming the step and last checkpoint, or skip the batch
+    ckpt_every: Positive[int] = 1000  # steps between checkpoints of the last state
+    log_every: Positive[int] = 10  # steps between log rows
+    resume: bool = False  # continue from the last checkpoint (OUT/checkpoints/last; finetune: OUT/seedN/...)
+    progress: bool = True  # progress bars
+    tensorboard: bool = True  # TensorBoard scalars in OUT/tb (a CSV is always written)
 
 
-def _show(value) -> str:
-    if isinstance(value, tuple) and len(value) == 2:
-        return f"{value[0]}x{value[1]}"
-    return str(value)
+@dataclass(kw_only=True)
+class DataOptions:
+    kind: Kind = "auto"  # dataset layout (auto: detected from the folder)
+    split: Annotated[int, Range(1, 3, words="must be 1, 2 or 3")] = 1  # official split (UCF101/HMDB51)
+    cache: str | None = None  # frame cache from `vidssl preprocess` (the frame size then comes from it)
+    frame_size: Size = None  # HxW frames are resized to; unset: the paper's for the task, or the cache's
+    crop: Annotated[int, Range(8)] = 112  # square crop side fed to the network
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str, ...] = ()) -> None:
-    hints = typing.get_type_hints(cls)
-    helps = _comments(cls)
-    for f in dataclasses.fields(cls):
-        conv, choices, is_bool = _kind(hints[f.name])
-        has_default = f.default is not dataclasses.MISSING
-        default = f.default if has_default else None
-        text = helps.get(f.name, "").replace("%", "%%")  # argparse formats help with %
-        if f.name in positional:
-            extra = (
-                {"nargs": "?", "default": default, "help": f"{text} (default: {_show(default)})"}
-                if has_default
-                else {"help": text}
-            )
-            parser.add_argument(f.name, type=conv, choices=choices, metavar=f.name.upper(), **extra)
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if is_bool:
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f"{text} (default: {'auto' if default is None else default})",  # None: decided at run time
-            )
-        else:
-            parser.add_argument(
-                flag,
-                type=conv,
-                choices=choices,
-                default=default,
-                required=not has_default,
-                help=f"{text} (default: {_show(default)})" if has_default else text,
-                metavar="{" + "|".join(map(str, choices)) + "}" if choices else f.name.upper(),
-            )
+@dataclass(kw_only=True)
+class TaskOptions:
+    task: TaskName = "rotation"  # pretext task
+    rotations: Annotated[RotationSet, arg(metavar="{0,90|0,90,180|90,180,270|0,90,180,270|8way|360}")] = "0,90,180,270"  # rotation set (3DRotNet Table 3; 8way: 45-degree steps; 360: regression)
+    rotation_mode: Literal["all", "random"] = "all"  # all: every rotation of every clip in the batch (paper); random: one per clip
+    regression_loss: Literal["l1", "l2"] = "l1"  # loss of the 360-degree regression
+    num_clips: Annotated[int, Range(2, 5)] = 3  # clips per clip-order tuple (VCOP: 2 to 5)
+    interval: NonNegative[int] = 8  # frames between the clips of a tuple
+    order_head: Literal["paper", "centered"] = "paper"  # paper: VCOP's pairwise head; centered: tuple mean removed first
+    rotation_weight: NonNegative[float] = 1.0  # joint task: weight of the rotation loss
+    order_weight: NonNegative[float] = 1.0  # joint task: weight of the clip-order loss
 
 
-def config_from_args(cls, ns: argparse.Namespace):
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+@dataclass(kw_only=True)
+class EncoderOptions:
+    init: str = "random"  # a vidssl checkpoint (pretraining or fine-tuning), or random (the baseline)
+    backbone: str = "r3d_10"  # backbone for --init random
+    width: Positive[float] = 1.0  # channel width for --init random
+    seed: int = 0  # seed of the random initialisation
+    clips: Positive[int] = 10  # clips per video, evenly spaced, centre crop
+    clip_length: Positive[int] | None = None  # frames per clip; unset: the checkpoint's, else 16
+    batch_size: Positive[int] = 4  # videos per batch
+    workers: NonNegative[int] = 0  # DataLoader workers
+    progress: bool = True  # progress bars
 
 
-# Ranges of numeric options, by field name, wherever a command has them (None values mean "the
-# default" and pass). Checked before anything runs, so that `--clips -2` is one clear line, not a
-# numpy error from deep inside.
-POSITIVE = (
-    "batch_size", "ckpt_every", "classes", "clip_length", "clips", "draws", "epochs", "fps", "frames",
-    "groups", "height", "iters", "k", "log_every", "lr", "neighbours", "queries", "resample", "shots",
-    "test_clips", "width",
-)  # fmt: skip
-NON_NEGATIVE = ("interval", "keep_every", "lr_decay_every", "order_weight", "rotation_weight", "val_videos",
-                "warmup", "weight_decay", "workers", "momentum")  # fmt: skip
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+# Per-task defaults from the papers, filled in for the unset (None) fields of PretrainConfig.
+PAPER = {
+    "rotation": {  # 3DRotNet 4.2
+        "backbone": "resnet18_3d",
+        "frame_size": (136, 136),
+        "batch_size": 32,
+        "lr": 0.1,
+        "lr_decay_every": 24_000,
+        "iters": 104_000,
+        "epochs": None,
+    },
+    "clip_order": {  # VCOP 4
+        "backbone": "r3d_10",
+        "frame_size": (128, 171),
+        "batch_size": 8,
+        "lr": 0.001,
+        "lr_decay_every": 0,
+        "iters": None,
+        "epochs": 300,
+    },
+}
+PAPER["joint"] = {**PAPER["clip_order"], "backbone": "resnet18_3d"}
 
 
-def check_ranges(cfg) -> None:
-    """Raise ValueError naming the flag, its value and the valid range for any option out of range."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in POSITIVE and not value > 0:
-            raise ValueError(f"{flag} must be positive, not {value}")
-        if f.name in NON_NEGATIVE and not value >= 0:
-            raise ValueError(f"{flag} must be 0 or more, not {value}")
-        if f.name == "flip" and not 0 <= value <= 1:
-            raise ValueError(f"{flag} is a probability: 0 to 1, not {value}")
+@dataclass(kw_only=True)
+class PretrainConfig(TaskOptions, LoopOptions, DataOptions, TrainRuntimeOptions):
+    """Unset (None) fields take the paper's value for the task: see PAPER and `resolve_pretrain`."""
+
+    dataset: Dataset = field(kw_only=False)  # dataset folder (UCF101/HMDB51/Kinetics layout or any folder of videos)
+    out: str = "runs/pretrain"  # output folder: checkpoints/, log.csv, tb/, config.json, config.yaml
+    modality: Modality = "rgb"  # input: RGB frames or frame differences (DIF)
+    clip_length: Positive[int] = 16  # frames per clip (16, 32, 64)
+    backbone: str | None = None  # unset: resnet18_3d (rotation, joint), r3d_10 (clip order)
+    width: Positive[float] = 1.0  # backbone channel width multiplier (0.25 for CPU runs)
+    flip: Probability = 0.5  # horizontal flip probability
+    on_short: Literal["skip", "loop"] = "skip"  # videos too short for the clips: skip or loop them
+    val_videos: NonNegative[int] = 800  # training videos held out for validation (VCOP), at most 10% of the dataset
+    data_fraction: Fraction = 1.0  # pretrain on a seeded fraction of the videos (3DRotNet Table 4)
+    keep_every: NonNegative[int] = 0  # also keep checkpoints/stepNNNNNNN every N steps (eval-pretext series; 0: never)
+    seed: int = 0  # the same seed gives the same run on one machine
+
+
+def resolve_pretrain(cfg: PretrainConfig) -> PretrainConfig:
+    """The paper's values for the task in place of the unset fields (a new config)."""
+    paper = PAPER[cfg.task]
+    fill = {k: paper[k] for k in ("backbone", "batch_size", "lr", "lr_decay_every") if getattr(cfg, k) is None}
+    if cfg.frame_size is None and cfg.cache is None:
+        fill["frame_size"] = paper["frame_size"]
+    if cfg.iters is None and cfg.epochs is None:
+        fill["iters"], fill["epochs"] = paper["iters"], paper["epochs"]
+    return dataclasses.replace(cfg, **fill)
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(LoopOptions, DataOptions, TrainRuntimeOptions):
+    """Defaults: 3DRotNet 4.2 (SGD lr 0.008 x0.1 every 4,000 steps, 100 epochs, 112 crops of 136x136)."""
+
+    dataset: Dataset = field(kw_only=False)  # labelled dataset (UCF101/HMDB51/Kinetics layout)
+    init: str = "scratch"  # a vidssl checkpoint (backbone loaded strictly), or scratch
+    out: str = "runs/finetune"  # output folder: results.json, one folder per seed
+    backbone: str | None = None  # for --init scratch (unset: resnet18_3d); must match a checkpoint's
+    width: Positive[float] | None = None  # for --init scratch (unset: 1.0)
+    frame_size: Size = (136, 136)  # HxW frames are resized to (3DRotNet; VCOP 128x171)
+    flip: Probability = 0.5  # horizontal flip probability in training
+    clip_length: Positive[int] | None = None  # frames per clip; unset: the checkpoint's, else 16
+    modality: Literal["auto", "rgb", "dif"] = "auto"  # auto: the checkpoint's (rgb for scratch)
+    freeze_until: Block = "none"  # freeze every block before it (3DRotNet Fig. 4a); all: the whole backbone
+    shots: Positive[int] | None = None  # keep k labelled training videos per class (few-shot, 3DRotNet Table 5)
+    train_fraction: Fraction = 1.0  # keep a seeded fraction of the training videos of every class
+    seeds: str = "0"  # comma-separated seeds; several runs report mean and spread
+    batch_size: Positive[int] = 32  # clips per step (over all processes under torchrun)
+    epochs: Positive[int] | None = 100  # training epochs
+    lr: Positive[float] = 0.008  # initial learning rate (3DRotNet)
+    lr_decay_every: NonNegative[int] = 4000  # steps between x0.1 decays (0: never)
+    test_clips: Positive[int] = 10  # clips per test video, evenly spaced
+
+
+@dataclass(kw_only=True)
+class RetrieveConfig(EncoderOptions, DataOptions, RuntimeOptions):
+    """VCOP 4.1: test videos query training videos by cosine similarity of their features."""
+
+    dataset: Dataset = field(kw_only=False)  # dataset whose test videos query its training videos
+    out: str = "runs/retrieve"  # output folder: results.json, features, neighbours.csv
+    gallery: str | None = None  # another dataset whose training videos form the gallery (cross-dataset)
+    gallery_cache: str | None = None  # frame cache of the gallery dataset
+    feature: FeatureKind = "vcop"  # vcop: conv5 max-pooled (9216-d at 16x112x112); pooled: 512-d
+    frame_size: Size = (128, 171)  # HxW frames are resized to (VCOP 128x171)
+    reuse_features: bool = True  # read cached features from OUT when they match these settings
+    neighbours: Positive[int] = 5  # nearest neighbours listed per query in neighbours.csv
+
+
+@dataclass(kw_only=True)
+class ProbeConfig(EncoderOptions, DataOptions, RuntimeOptions):
+    """Features are the pooled vector averaged over each video's clips."""
+
+    dataset: Dataset = field(kw_only=False)  # labelled dataset (train split fits, test split scores)
+    out: str = "runs/probe"  # output folder: probe.json and the cached features
+    frame_size: Size = (128, 171)  # HxW frames are resized to
+    k: Positive[int] = 20  # neighbours of the k-NN classifier
+    weight_decay: NonNegative[float] = 1e-3  # L2 penalty of the linear probe
+
+
+@dataclass(kw_only=True)
+class EvalPretextConfig(RuntimeOptions):
+    checkpoints: Annotated[str, Positional, arg(metavar="CHECKPOINTS")] = field(kw_only=False)  # pretraining checkpoints, comma-separated, or a checkpoints/ folder (every one, by step)
+    dataset: Dataset = field(kw_only=False)  # dataset to measure the pretext on (e.g. UCF101 after pretraining on Kinetics)
+    out: str = "runs/eval-pretext"  # output folder: pretext.csv, pretext.json
+    kind: Kind = "auto"  # dataset layout
+    split: Annotated[int, Range(1, 3, words="must be 1, 2 or 3")] = 1  # official split
+    subset: Subset = "test"  # which videos
+    cache: str | None = None  # frame cache (else frames are resized as in pretraining)
+    draws: Positive[int] = 1  # random draws (rotations, orders, clips) per video
+    batch_size: Positive[int] = 8  # clips or tuples per batch
+    downstream: str | None = None  # comma-separated fine-tuning results.json, one per checkpoint (3DRotNet Fig. 4b)
+    progress: bool = True  # progress bars
+
+
+@dataclass(kw_only=True)
+class VisualizeConfig(RuntimeOptions):
+    what: Annotated[Literal["attention", "kernels", "retrieval", "curves"], Positional, arg(metavar="WHAT")] = field(kw_only=False)  # which picture
+    source: Annotated[str, Positional, arg(metavar="SOURCE")] = field(kw_only=False)  # attention/kernels: a checkpoint; retrieval: a `vidssl retrieve` --out folder; curves: a run folder
+    video: str | None = None  # attention: the video to show; unset: the first of --dataset
+    dataset: str | None = None  # attention: a dataset to take the first video from
+    compare: str | None = None  # kernels: a second checkpoint shown beside the first
+    out: str = "runs/pictures"  # folder for the PNG
+    frame_size: Size = (112, 112)  # attention: HxW the clip is resized to (square, for rotations)
+    clip_length: Positive[int] = 16  # attention: frames in the clip
+    queries: Positive[int] = 6  # retrieval: queries shown
+    channels_last: bool = False  # channels_last_3d memory (one clip: no faster)
+
+
+@dataclass
+class FuseConfig:
+    a: Annotated[str, Positional, arg(metavar="A")]  # a fine-tuning run folder (OUT/seedN) or its scores.safetensors, e.g. the RGB model
+    b: Annotated[str, Positional, arg(metavar="B")]  # the other run, e.g. the DIF model
+    out: str | None = None  # where to write fusion.json; unset: beside A
+
+
+@dataclass
+class PreprocessConfig:
+    dataset: Dataset = field(kw_only=False)  # dataset folder (UCF101/HMDB51/Kinetics layout or any folder of videos)
+    out: str  # cache folder to create or complete
+    kind: Kind = "auto"  # layout of the dataset
+    format: Literal["jpeg", "raw"] = "jpeg"  # jpeg: ~8x smaller; raw: uint8, memory-mapped, fastest
+    size: Size = (128, 171)  # HxW of stored frames (VCOP 128x171, 3DRotNet 136x136); none keeps the video's
+    resample: Positive[int] | None = None  # evenly resample every video to N frames (3DRotNet: 160 Kinetics, 90 MiT)
+    quality: Annotated[int, Range(1, 100)] = 90  # JPEG quality
+    workers: NonNegative[int] = 0  # parallel processes (0: one per core)
+    shard: str | None = None  # I/N: cache only the I-th of N equal parts of the videos (a cluster job array; under torchrun: RANK/WORLD_SIZE)
+    progress: bool = True  # show a progress bar
+
+
+@dataclass
+class StatsConfig:
+    dataset: Dataset = field(kw_only=False)  # dataset folder
+    kind: Kind = "auto"  # layout of the dataset
+    split: Annotated[int, Range(1, 3, words="must be 1, 2 or 3")] = 1  # official split (UCF101/HMDB51: 1, 2 or 3)
+    cache: str | None = None  # frame cache made by `vidssl preprocess` (else videos are probed)
+    clip_length: Positive[int] = 16  # frames a clip needs; shorter videos are counted as too short
+
+
+@dataclass(kw_only=True)
+class SynthConfig:
+    classes: Annotated[int, Range(1, 10)] = 10  # how many of the 10 motion classes (taken in order)
+    groups: Positive[int] = 25  # gXX groups (UCF101 has 25); each shares actor and scene across classes
+    clips: Positive[int] = 4  # cYY clips per group and class
+    frames: Positive[int] = 80  # frames per video (clip order needs >= 64: 3 clips x 16 + 2 gaps x 8)
+    height: Positive[int] = 96  # frame height in pixels (even)
+    width: Positive[int] = 128  # frame width in pixels (even)
+    fps: Positive[int] = 25  # frames per second written in the files
+    seed: int = 0  # the same seed writes the same videos
+
+
+@dataclass
+class SynthCommand(SynthConfig):
+    out: Annotated[str, Positional, arg(metavar="OUT")] = "data/synth"  # folder to write UCF-101/ and ucfTrainTestlist/ into
+    workers: NonNegative[int] = 0  # parallel processes (0: one per core)
+
+
+@dataclass
+class InfoConfig:
+    frames: Positive[int] = 16  # clip length T
+    size: Size = (112, 112)  # clip HxW
+    width: Positive[float] = 1.0  # channel width multiplier
+    backbone: str | None = None  # one backbone; unset: all
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"  # output folder: dataset, cache, runs, pictures, report.md/html/json
+    quick: bool = False  # a tiny version (under 2 minutes) that checks every stage, not the numbers
+    seed: int = 0  # seed of every stage
+    workers: NonNegative[int] = 0  # parallel processes for generation and caching (0: one per core)

@@ -17,22 +17,14 @@ import html
 import json
 import os
 import time
-from dataclasses import dataclass
 
-from .data.synth import SynthConfig, generate
-from .finetune import FinetuneConfig, finetune
-from .preprocess import PreprocessConfig, preprocess
-from .pretrain import PretrainConfig, pretrain
-from .retrieval import RetrieveConfig, retrieve
-from .stats import format_table
-
-
-@dataclass
-class DemoConfig:
-    out: str = "runs/demo"  # output folder: dataset, cache, runs, pictures, report.md/html/json
-    quick: bool = False  # a tiny version (under 2 minutes) that checks every stage, not the numbers
-    seed: int = 0  # seed of every stage
-    workers: int = 0  # parallel processes for generation and caching (0: one per core)
+from .config import DemoConfig, FinetuneConfig, PreprocessConfig, PretrainConfig, RetrieveConfig, SynthConfig
+from .data.synth import generate
+from .finetune import finetune
+from .preprocess import preprocess
+from .pretrain import pretrain
+from .report import STYLE, format_table, html_table, markdown_table
+from .retrieval import retrieve
 
 
 def _settings(quick: bool) -> dict:
@@ -209,8 +201,9 @@ def demo(cfg: DemoConfig) -> dict:
     retr = st.run("retrieval", run_retrievals)
 
     def draw():
-        from .checkpoint import load_backbone
-        from .visualize import VisualizeConfig, curves_figure, kernels_figure, retrieval_samples, visualize
+        from .checkpoint import load_encoder
+        from .config import VisualizeConfig
+        from .visualize import curves_figure, kernels_figure, retrieval_samples, visualize
 
         pics = os.path.join(out, "pictures")
         os.makedirs(pics, exist_ok=True)
@@ -232,8 +225,8 @@ def demo(cfg: DemoConfig) -> dict:
         }
         p["kernels"] = kernels_figure(
             [
-                ("rotation", load_backbone(rot)[0].first_conv.weight),
-                ("clip order", load_backbone(order)[0].first_conv.weight),
+                ("rotation", load_encoder(rot)[0].first_conv.weight),
+                ("clip order", load_encoder(order)[0].first_conv.weight),
             ],
             os.path.join(pics, "kernels.png"),
         )
@@ -308,29 +301,14 @@ def _report(out, result, top1, retr):
     print("\n" + text)
     md = ["# vidssl demo report", "", f"Seed {result['seed']}. Settings: `{json.dumps(result['settings'])}`", ""]
     for title, rows in tables:
-        cols = list(rows[0])
-        md += [f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows] + [""]
+        md += [f"## {title}", "", *markdown_table(rows), ""]
     md += ["## Pictures", ""] + [
         f"### {k}\n\n![{k}](pictures/{os.path.basename(v)})\n" for k, v in result["pictures"].items()
     ]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(md))
-    page = [
-        "<!doctype html><meta charset=utf-8><title>vidssl demo</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style>",
-        "<h1>vidssl demo report</h1>",
-    ]
-    for title, rows in tables:
-        cols = list(rows[0])
-        page.append(
-            f"<h2>{html.escape(title)}</h2><table><tr>"
-            + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-            + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
-            + "</table>"
-        )
+    page = ["<!doctype html><meta charset=utf-8><title>vidssl demo</title>", STYLE, "<h1>vidssl demo report</h1>"]
+    page += [f"<h2>{html.escape(title)}</h2>{html_table(rows)}" for title, rows in tables]
     page += [
         f"<h2>{html.escape(k)}</h2><img src='pictures/{os.path.basename(v)}'>" for k, v in result["pictures"].items()
     ]

@@ -1,11 +1,14 @@
 """Features of a backbone for whole videos (K clips each), and their cache on disk.
 
 ``extract_features`` is the one place a network meets an evaluation; everything after it
-(retrieval, probes, kNN) is a pure function over tensors.
+(retrieval, probes, kNN) is a pure function over tensors. ``video_features`` is what the commands
+call: the dataset, the feature file kept in a run folder, and under torchrun the videos sharded
+over the ranks and gathered back in order (the same features as one process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -16,6 +19,7 @@ from tqdm import tqdm
 
 from .atomic import write_atomic
 from .backbones import retrieval_feature
+from .checkpoint import EncoderInfo, load_encoder
 from .data.loading import FailureLog
 from .data.loading import loader as data_loader
 from .data.transforms import memory_format, to_input
@@ -85,3 +89,96 @@ def load_features(path: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
         meta = json.loads(f.metadata().get("meta", "{}"))
     t = load_file(path)
     return t["features"], t["labels"], meta
+
+
+def open_encoder(opts) -> tuple[nn.Module, EncoderInfo]:
+    """The network named by ``opts.init`` (EncoderOptions' fields): a vidssl checkpoint, or random
+    weights of ``opts.backbone`` at ``opts.width`` seeded by ``opts.seed`` (the baseline)."""
+    from . import backbones
+
+    if opts.init == "random":
+        torch.manual_seed(opts.seed)
+        info = EncoderInfo(opts.backbone, opts.width, clip_length=opts.clip_length or 16)
+        return backbones.build(opts.backbone, opts.width), info
+    backbone, info = load_encoder(opts.init)
+    if opts.clip_length:
+        info = dataclasses.replace(info, clip_length=opts.clip_length)
+    return backbone, info
+
+
+def describe_encoder(opts, info: EncoderInfo) -> dict:
+    """Where features come from, as results and feature files record it."""
+    if opts.init == "random":
+        return {"init": "random", "backbone": info.backbone, "width": info.width, "seed": opts.seed}
+    return {"init": info.path, "step": info.step}
+
+
+def video_features(
+    backbone: nn.Module,
+    info: EncoderInfo,
+    opts,
+    dataset_path: str,
+    subset: str,
+    *,
+    cache: str | None,
+    kind: str,
+    feature: str,
+    runtime,
+    save_as: str | None = None,
+    source: dict | None = None,
+):
+    """``(V, K, D)`` features, ``(V,)`` labels and the dataset of one split of a dataset, K clips
+    per video as ``opts`` (EncoderOptions and DataOptions fields) says. With ``save_as``, the
+    features are kept in that file and read back next time when every setting that made them
+    (and the list of videos) is the same."""
+    from .data.datasets import load_dataset
+    from .data.sampling import UniformClips
+    from .data.transforms import eval_transform
+
+    ds = load_dataset(
+        kind,
+        dataset_path,
+        split=opts.split,
+        subset=subset,
+        cache=cache,
+        size=None if cache else opts.frame_size,
+        sampler=UniformClips(opts.clips, info.frames),
+        transform=eval_transform(opts.crop),
+        on_short="loop",
+        progress=opts.progress and runtime.main,
+    )
+    want = {
+        **(source or {}),
+        "feature": feature,
+        "clips": opts.clips,
+        "clip_length": info.clip_length,
+        "crop": opts.crop,
+        "frame_size": list(opts.frame_size) if opts.frame_size else None,
+        "modality": info.modality,
+        "dataset": os.path.abspath(dataset_path),
+        "subset": subset,
+        "videos": [r.rel for r in ds.records],
+    }
+    if save_as and getattr(opts, "reuse_features", True) and os.path.isfile(save_as):
+        feats, labels, have = load_features(save_as)
+        if have == want:
+            return feats, labels, ds
+    feats, labels = runtime.run_sharded(
+        ds,
+        lambda part: extract_features(
+            backbone,
+            part,
+            feature,
+            info.modality,
+            opts.batch_size,
+            opts.workers,
+            device=runtime.device,
+            bf16=runtime.bf16,
+            progress=opts.progress and runtime.main,
+            channels_last=runtime.channels_last,
+        ),
+    )
+    if save_as and runtime.main:
+        want["videos"] = [r.rel for r in ds.records]  # without any video that failed to decode
+        save_features(save_as, feats, labels, want)
+    return feats, labels, ds

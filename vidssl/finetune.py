@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import statistics
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,66 +20,19 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import backbones
-from .checkpoint import CheckpointError, load_backbone
-from .config import check_ranges
+from .checkpoint import CheckpointError, load_encoder
+from .config import FinetuneConfig, check_ranges, to_plain, write_config
 from .data.datasets import load_dataset
 from .data.loading import FailureLog
 from .data.loading import loader as data_loader
 from .data.sampling import RandomClip, UniformClips
-from .data.transforms import eval_transform, memory_format, to_input, train_transform
-from .pretrain import choose_bf16, pick_device, speed_options
+from .data.transforms import clip_frames, eval_transform, to_input, train_transform
+from .runtime import Runtime
 from .train import fit, loop_config
 
 log = logging.getLogger("vidssl")
 FREEZE = ("none", "conv2", "conv3", "conv4", "conv5", "all")
-
-
-@dataclass
-class FinetuneConfig:
-    dataset: str  # labelled dataset (UCF101/HMDB51/Kinetics layout)
-    init: str = "scratch"  # a pretraining checkpoint (backbone loaded strictly), or scratch
-    out: str = "runs/finetune"  # output folder: results.json, one folder per seed
-    backbone: str | None = None  # for --init scratch (default resnet18_3d); must match a checkpoint's
-    width: float | None = None  # for --init scratch (default 1.0)
-    kind: Literal["auto", "ucf101", "hmdb51", "kinetics", "folder"] = "auto"  # dataset layout
-    split: int = 1  # official split
-    cache: str | None = None  # frame cache (frame size then comes from it)
-    frame_size: tuple[int, int] | None = (136, 136)  # HxW frames are resized to (3DRotNet; VCOP 128x171)
-    crop: int = 112  # square crop side
-    flip: float = 0.5  # horizontal flip probability in training
-    clip_length: int | None = None  # frames per clip; default: the checkpoint's, else 16
-    modality: Literal["auto", "rgb", "dif"] = "auto"  # auto: the checkpoint's (rgb for scratch)
-    freeze_until: Literal["none", "conv2", "conv3", "conv4", "conv5", "all"] = (
-        "none"  # freeze every block before it (3DRotNet Fig. 4a); all: the whole backbone
-    )
-    shots: int | None = None  # keep k labelled training videos per class (few-shot, 3DRotNet Table 5)
-    train_fraction: float = 1.0  # keep a seeded fraction of the training videos of every class
-    seeds: str = "0"  # comma-separated seeds; several runs report mean and spread
-    batch_size: int = 32  # clips per step
-    epochs: int | None = 100  # training epochs
-    iters: int | None = None  # total steps (wins over --epochs)
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # the papers use SGD
-    lr: float = 0.008  # initial learning rate (3DRotNet)
-    lr_decay_every: int = 4000  # steps between x0.1 decays (0: never)
-    schedule: Literal["step", "cosine"] = "step"  # step decay or cosine to 0
-    warmup: int = 0  # steps of linear warm-up
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-4  # weight decay
-    test_clips: int = 10  # clips per test video, evenly spaced
-    workers: int | None = None  # DataLoader workers; default: the number of cores, at most 8
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train
-    bf16: bool | None = None  # bf16 autocast; default: where it is faster (CUDA, CPUs with AMX)
-    channels_last: bool = True  # channels_last_3d memory (1.3-1.5x faster training at 16x112x112 on CPU)
-    compile: bool = False  # torch.compile the backbone (for GPUs; on CPU no faster in training, needs g++)
-    grad_checkpointing: bool = False  # recompute activations in backward: ~30% less memory, ~1.3x the time
-    on_nan: Literal["stop", "skip"] = (
-        "stop"  # a NaN/inf loss: stop naming the step and last checkpoint, or skip the batch
-    )
-    ckpt_every: int = 1000  # steps between checkpoints
-    resume: bool = False  # continue each seed from OUT/seedN/checkpoints/last
-    log_every: int = 10  # steps between log rows
-    progress: bool = True  # progress bars
-    tensorboard: bool = True  # TensorBoard scalars
+__all__ = ["Classifier", "FinetuneConfig", "few_shot_indices", "finetune", "predict", "score_report"]
 
 
 class Classifier(nn.Module):
@@ -147,14 +98,7 @@ def score_report(clip_probs: torch.Tensor, labels: torch.Tensor, classes: list[s
 
 @torch.no_grad()
 def predict(
-    model: nn.Module,
-    dataset,
-    modality: str,
-    device,
-    bf16: bool,
-    batch_size: int = 4,
-    workers: int = 0,
-    channels_last: bool = False,
+    model: nn.Module, dataset, modality: str, runtime: Runtime, batch_size: int = 4, workers: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(V, K, C)`` softmax probabilities of every clip of every video, and the labels. A video
     that fails to decode is left out with a warning and removed from ``dataset`` (its records
@@ -167,8 +111,8 @@ def predict(
         if len(clips) == 0:
             continue
         b, k = clips.shape[:2]
-        x = memory_format(to_input(clips.flatten(0, 1).to(device), modality), channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        x = runtime.input(to_input(clips.flatten(0, 1).to(runtime.device), modality))
+        with runtime.autocast():
             logits = model(x)
         probs.append(F.softmax(logits.float(), 1).view(b, k, -1).cpu())
         labels.append(y)
@@ -184,34 +128,35 @@ def _init_backbone(cfg: FinetuneConfig) -> tuple[nn.Module, dict]:
         name, width = cfg.backbone or "resnet18_3d", cfg.width or 1.0
         source = {"init": "scratch", "backbone": name, "width": width, "modality": "rgb", "clip_length": 16}
         return backbones.build(name, width), source
-    backbone, meta = load_backbone(cfg.init)
+    backbone, info = load_encoder(cfg.init)
     for key, want in (("backbone", cfg.backbone), ("width", cfg.width)):
-        if want is not None and want != meta[key]:
-            raise CheckpointError(f"{cfg.init}: checkpoint of {key} {meta[key]!r}, not {want!r}; drop --{key}")
-    pre = meta.get("config", {})
+        if want is not None and want != getattr(info, key):
+            raise CheckpointError(f"{cfg.init}: checkpoint of {key} {getattr(info, key)!r}, not {want!r}; drop --{key}")
     source = {
-        "init": os.path.abspath(cfg.init),
-        "backbone": meta["backbone"],
-        "width": meta["width"],
-        "pretext": meta.get("task"),
-        "step": meta.get("step"),
-        "modality": pre.get("modality", "rgb"),
-        "clip_length": pre.get("clip_length", 16),
+        "init": info.path,
+        "backbone": info.backbone,
+        "width": info.width,
+        "pretext": info.task,
+        "step": info.step,
+        "modality": info.modality,
+        "clip_length": info.clip_length,
     }
     return backbone, source
 
 
-def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
-    """One fine-tuning run and its test; returns its results (also written to OUT/seed{seed}/)."""
+def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
+    """One fine-tuning run and its test; returns its results (also written to OUT/seed{seed}/).
+    Under torchrun the training batches and the test videos are sharded over the ranks."""
     out = os.path.join(cfg.out, f"seed{seed}")
     torch.manual_seed(seed)
-    device = pick_device(cfg.device)
     backbone, source = _init_backbone(cfg)
     modality = source["modality"] if cfg.modality == "auto" else cfg.modality
     length = cfg.clip_length or source["clip_length"]
-    frames = length + (1 if modality == "dif" else 0)
+    frames = clip_frames(length, modality)
     workers = cfg.workers if cfg.workers is not None else min(os.cpu_count() or 1, 8)
-    common = dict(split=cfg.split, cache=cfg.cache, size=None if cfg.cache else cfg.frame_size, progress=cfg.progress)
+    common = dict(
+        split=cfg.split, cache=cfg.cache, size=None if cfg.cache else cfg.frame_size, progress=cfg.progress and rt.main
+    )
     train_all = load_dataset(
         cfg.kind,
         cfg.dataset,
@@ -235,13 +180,10 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
         on_short="loop",
         **common,
     )
-    use_bf16 = choose_bf16(cfg.bf16, device)  # after the data checks, as in pretrain
-    model = Classifier(backbone, len(train_all.classes), cfg.freeze_until).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    speed_options(model.backbone, cfg.compile, cfg.grad_checkpointing, device)
-    batch = min(cfg.batch_size, len(train_set))
-    steps_per_epoch = len(train_set) // batch
+    rt.announce()  # after the data checks, as in pretrain
+    model = rt.prepare(Classifier(backbone, len(train_all.classes), cfg.freeze_until), train=True)
+    batch = max(1, min(cfg.batch_size, len(train_set) // rt.world))
+    steps_per_epoch = len(train_set) // (batch * rt.world)  # each rank sees its shard of every epoch
     total = cfg.iters if cfg.iters is not None else cfg.epochs * steps_per_epoch
     loop = loop_config(cfg, batch_size=batch, total_steps=total, workers=workers, seed=seed)
     meta = {
@@ -253,33 +195,37 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
         "clip_length": length,
         "classes": train_all.classes,
         "source": source,
-        "config": asdict(cfg),
+        "config": to_plain(cfg),
         "seed": seed,
     }
-    print(
-        f"finetune seed {seed} | {meta['backbone']} from {source['init']} | {len(train_set)} of "
-        f"{len(train_all)} training videos ({len(train_all.classes)} classes) | {len(test_set)} test videos | "
-        f"frozen: {', '.join(model.frozen) or 'none'} | {total} steps"
-    )
+    if rt.main:
+        print(
+            f"finetune seed {seed} | {meta['backbone']} from {source['init']} | {len(train_set)} of "
+            f"{len(train_all)} training videos ({len(train_all.classes)} classes) | {len(test_set)} test videos | "
+            f"frozen: {', '.join(model.frozen) or 'none'} | batch {batch} x {rt.world} | {total} steps | "
+            f"{rt.describe()}"
+        )
 
     def step_fn(m, batch_, step, train=True):
-        x = memory_format(to_input(batch_[0].to(device, non_blocking=True), modality), cfg.channels_last)
-        y = batch_[1].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        x = rt.input(to_input(batch_[0].to(rt.device, non_blocking=True), modality))
+        y = batch_[1].to(rt.device)
+        with rt.autocast():
             logits = m(x)
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
 
-    fit(model, step_fn, train_set, None, loop, out, meta, device, resume=cfg.resume)
-    probs, labels = predict(
-        model, test_set, modality, device, use_bf16, workers=workers, channels_last=cfg.channels_last
-    )
+    fit(model, step_fn, train_set, None, loop, out, meta, rt, resume=cfg.resume)
+    probs, labels = rt.run_sharded(test_set, lambda part: predict(model, part, modality, rt, workers=workers))
     report = score_report(probs, labels, train_all.classes)
-    save_file(
-        {"clip_probs": probs.contiguous(), "labels": labels.contiguous()},
-        os.path.join(out, "scores.safetensors"),
-        metadata={"videos": json.dumps([r.rel for r in test_set.records]), "classes": json.dumps(train_all.classes)},
-    )
+    if rt.main:
+        save_file(
+            {"clip_probs": probs.contiguous(), "labels": labels.contiguous()},
+            os.path.join(out, "scores.safetensors"),
+            metadata={
+                "videos": json.dumps([r.rel for r in test_set.records]),
+                "classes": json.dumps(train_all.classes),
+            },
+        )
     result = {
         "seed": seed,
         "train_videos": len(train_set),
@@ -288,8 +234,9 @@ def finetune_seed(cfg: FinetuneConfig, seed: int) -> dict:
         "skipped": {"train": len(train_all.skipped), "test": len(test_set.skipped)},  # unreadable or bad entries
         "source": source,
     }
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    if rt.main:
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(result, f, indent=1)
     return result
 
 
@@ -308,16 +255,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
     check_ranges(cfg)
     if cfg.freeze_until not in FREEZE:
         raise ValueError(f"--freeze-until must be one of {', '.join(FREEZE)}")
-    if cfg.shots is not None and cfg.shots < 1:
-        raise ValueError(f"--shots must be positive, not {cfg.shots}")
-    if not 0 < cfg.train_fraction <= 1:
-        raise ValueError(f"--train-fraction must be in (0, 1], not {cfg.train_fraction}")
-    runs = [finetune_seed(cfg, s) for s in parse_seeds(cfg.seeds)]
+    seeds = parse_seeds(cfg.seeds)
+    rt = Runtime.setup(cfg)
+    if rt.main:
+        write_config(cfg, cfg.out, "finetune")
+    runs = [finetune_seed(cfg, s, rt) for s in seeds]
     summary = {}
     for key in ("video_top1", "clip_top1"):
         values = [r[key] for r in runs]
         summary[key] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "values": values}
-    results = {"config": asdict(cfg), "runs": runs, "summary": summary}
-    with open(os.path.join(cfg.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    results = {"config": to_plain(cfg), "runs": runs, "summary": summary}
+    if rt.main:
+        with open(os.path.join(cfg.out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
     return results

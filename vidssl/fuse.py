@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-
-@dataclass
-class FuseConfig:
-    a: str  # a fine-tuning run folder (OUT/seedN) or its scores.safetensors, e.g. the RGB model
-    b: str  # the other run, e.g. the DIF model
-    out: str | None = None  # where to write fusion.json (default: beside A)
+from .config import FuseConfig
 
 
 def geometric_fusion(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import backbones
-
-
-@dataclass
-class InfoConfig:
-    frames: int = 16  # clip length T
-    size: tuple[int, int] = (112, 112)  # clip HxW
-    width: float = 1.0  # channel width multiplier
-    backbone: str | None = None  # one backbone (default: all)
+from .config import InfoConfig
 
 
 def backbone_info(name: str, frames: int = 16, size=(112, 112), width: float = 1.0) -> dict:

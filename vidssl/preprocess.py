@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import Literal
 
 from tqdm import tqdm
 
+from .config import PreprocessConfig, check_ranges
 from .data.cache import CacheSpec, FrameCache, decode_for_cache, write_entry
 from .data.datasets import video_root
 from .data.video import VideoError, list_videos
-
-
-@dataclass
-class PreprocessConfig:
-    dataset: str  # dataset folder (UCF101/HMDB51/Kinetics layout or any folder of videos)
-    out: str  # cache folder to create or complete
-    kind: Literal["auto", "ucf101", "hmdb51", "kinetics", "folder"] = "auto"  # layout of the dataset
-    format: Literal["jpeg", "raw"] = "jpeg"  # jpeg: ~8x smaller; raw: uint8, memory-mapped, fastest
-    size: tuple[int, int] | None = (128, 171)  # HxW of stored frames (VCOP 128x171, 3DRotNet 136x136); none keeps it
-    resample: int | None = None  # evenly resample every video to N frames (3DRotNet: 160 Kinetics, 90 MiT)
-    quality: int = 90  # JPEG quality
-    workers: int = 0  # parallel processes (0: one per core)
-    progress: bool = True  # show a progress bar
 
 
 def _work(job):
@@ -38,17 +25,29 @@ def _work(job):
         return "bad", path, str(e)
 
 
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """(index, count) from ``--shard I/N`` (1-based I), else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    if spec is None:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ValueError(f"--shard takes I/N with 1 <= I <= N (e.g. 3/8), not {spec!r}")
+    return int(m.group(1)) - 1, int(m.group(2))
+
+
 def preprocess(cfg: PreprocessConfig) -> dict:
-    """Build or complete the cache; returns a summary dict (also written to ``out/report.json``)."""
-    if cfg.quality < 1 or cfg.quality > 100:
-        raise ValueError(f"--quality must be 1..100, not {cfg.quality}")
-    if cfg.resample is not None and cfg.resample < 1:
-        raise ValueError(f"--resample must be a positive frame count, not {cfg.resample}")
+    """Build or complete the cache; returns a summary dict (also written to ``out/report.json``).
+
+    Sharded (``--shard I/N``, or under torchrun), each process caches every N-th video of the
+    sorted list, and writes its own ``report-shardIofN.json`` and ``skipped-shardIofN.json``."""
+    check_ranges(cfg)
+    index, count = parse_shard(cfg.shard)
     spec = CacheSpec(cfg.format, cfg.size, cfg.resample, cfg.quality)
     root = video_root(cfg.dataset, cfg.kind)
     videos = list_videos(root)
     if not videos:
         raise FileNotFoundError(f"{root}: no video files found")
+    videos = sorted(videos)[index::count]
     cache = FrameCache.create(cfg.out, spec)
     todo = [(os.path.join(root, rel), cache.entry(rel), spec) for rel in videos if not cache.has(rel)]
     start = time.time()
@@ -89,8 +88,11 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         "bytes_per_video": sum(sizes) / max(len(sizes), 1),
         "seconds": round(time.time() - start, 2),
     }
-    with open(os.path.join(cfg.out, "skipped.json"), "w") as f:
+    tag = f"-shard{index + 1}of{count}" if count > 1 else ""
+    if count > 1:
+        report["shard"] = f"{index + 1}/{count}"
+    with open(os.path.join(cfg.out, f"skipped{tag}.json"), "w") as f:
         json.dump(skipped, f, indent=1)
-    with open(os.path.join(cfg.out, "report.json"), "w") as f:
+    with open(os.path.join(cfg.out, f"report{tag}.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from .config import ProbeConfig, check_ranges, to_plain, write_config
+from .similarity import nearest
 
 
 def knn_classify(
@@ -23,8 +24,6 @@ def knn_classify(
     num_classes: int | None = None,
 ) -> torch.Tensor:
     """Class predictions by cosine k-NN with similarity-weighted votes (exp(sim / T), as DINO's)."""
-    from .retrieval import nearest
-
     num_classes = num_classes or int(train_labels.max()) + 1
     sims, idx = nearest(test, train, k)
     votes = torch.zeros(len(test), num_classes)
@@ -58,57 +57,24 @@ def linear_probe(
         return (xt @ w + b).argmax(1)
 
 
-@dataclass
-class ProbeConfig:
-    dataset: str  # labelled dataset (train split fits, test split scores)
-    init: str = "random"  # a pretraining checkpoint, or random
-    out: str = "runs/probe"  # output folder: probe.json and the cached features
-    kind: Literal["auto", "ucf101", "hmdb51", "kinetics", "folder"] = "auto"  # dataset layout
-    split: int = 1  # official split
-    cache: str | None = None  # frame cache
-    clips: int = 10  # clips per video (features averaged)
-    clip_length: int | None = None  # frames per clip (default: the checkpoint's, else 16)
-    frame_size: tuple[int, int] | None = (128, 171)  # HxW frames are resized to
-    crop: int = 112  # centre crop side
-    backbone: str = "r3d_10"  # backbone for --init random
-    width: float = 1.0  # width for --init random
-    k: int = 20  # neighbours of the k-NN classifier
-    weight_decay: float = 1e-3  # L2 penalty of the linear probe
-    batch_size: int = 4  # videos per batch
-    seed: int = 0  # seed of the random initialisation
-    progress: bool = True  # progress bars
-
-
 def probe(cfg: ProbeConfig) -> dict:
-    from .retrieval import RetrieveConfig, _features, _source
+    """Fit both classifiers on the training videos' features, score the test videos; writes probe.json."""
+    from .features import describe_encoder, open_encoder, video_features
+    from .runtime import Runtime
 
-    shared = {
-        k: getattr(cfg, k)
-        for k in (
-            "dataset",
-            "init",
-            "out",
-            "kind",
-            "split",
-            "cache",
-            "clips",
-            "clip_length",
-            "frame_size",
-            "crop",
-            "backbone",
-            "width",
-            "batch_size",
-            "seed",
-            "progress",
-        )
-    }
-    rcfg = RetrieveConfig(**shared, feature="pooled")
-    backbone, modality, frames, meta = _source(rcfg)
-    test, test_labels, test_ds = _features(
-        rcfg, backbone, modality, frames, cfg.dataset, cfg.cache, "test", "query", meta
+    check_ranges(cfg)
+    rt = Runtime.setup(cfg)
+    backbone, info = open_encoder(cfg)
+    if rt.main:
+        write_config(cfg, cfg.out, "probe")
+    common = dict(cache=cfg.cache, kind=cfg.kind, feature="pooled", runtime=rt, source=describe_encoder(cfg, info))
+    saved = lambda tag: os.path.join(cfg.out, f"features_{tag}.safetensors")
+    test, test_labels, test_ds = video_features(
+        backbone, info, cfg, cfg.dataset, "test", save_as=saved("query"), **common
     )
-    train, train_labels, _ = _features(
-        rcfg, backbone, modality, frames, cfg.dataset, cfg.cache, "train", "gallery", meta
+    rt.announce()
+    train, train_labels, _ = video_features(
+        backbone, info, cfg, cfg.dataset, "train", save_as=saved("gallery"), **common
     )
     train, test = train.mean(1), test.mean(1)
     n = len(test_ds.classes)
@@ -119,8 +85,9 @@ def probe(cfg: ProbeConfig) -> dict:
         "train_videos": len(train),
         "test_videos": len(test),
         "feature_dim": train.shape[1],
-        "config": asdict(cfg),
+        "config": to_plain(cfg),
     }
-    with open(os.path.join(cfg.out, "probe.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    if rt.main:
+        with open(os.path.join(cfg.out, "probe.json"), "w") as f:
+            json.dump(result, f, indent=1)
     return result

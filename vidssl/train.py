@@ -10,7 +10,6 @@ optimiser, RNG, step, data position). Single process or DDP under torchrun.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import math
 import os
@@ -52,11 +51,29 @@ class LoopConfig:
     on_nan: str = "stop"  # a non-finite loss: stop (naming the step and last checkpoint) or skip the batch
 
 
-def loop_config(command_cfg, **given) -> LoopConfig:
-    """A LoopConfig from the same-named fields of a command's config, plus ``given`` values."""
-    names = {f.name for f in dataclasses.fields(LoopConfig)}
-    values = {k: getattr(command_cfg, k) for k in names if hasattr(command_cfg, k)}
-    return LoopConfig(**{**values, **given})
+def loop_config(opts, *, batch_size: int, total_steps: int, workers: int, seed: int, **resolved) -> LoopConfig:
+    """The loop's settings from a command's LoopOptions fields; ``resolved`` gives the values a
+    command decided itself (e.g. lr and lr_decay_every from the paper defaults)."""
+    return LoopConfig(
+        batch_size=batch_size,
+        total_steps=total_steps,
+        lr=resolved.pop("lr", opts.lr),
+        momentum=opts.momentum,
+        weight_decay=opts.weight_decay,
+        lr_decay_every=resolved.pop("lr_decay_every", opts.lr_decay_every),
+        optimizer=opts.optimizer,
+        schedule=opts.schedule,
+        warmup=opts.warmup,
+        workers=workers,
+        ckpt_every=opts.ckpt_every,
+        log_every=opts.log_every,
+        keep_every=resolved.pop("keep_every", 0),
+        seed=seed,
+        progress=opts.progress,
+        tensorboard=opts.tensorboard,
+        on_nan=opts.on_nan,
+        **resolved,
+    )
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
@@ -106,15 +123,6 @@ class EpochSampler(Sampler):
         return (self.batches_per_epoch - self.skip_batches) * self.batch_size
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun (gloo on CPU, nccl on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
 class CsvLog:
     """Rows of scalars to a CSV; a row with a new column rewrites the file with a wider header."""
 
@@ -141,8 +149,11 @@ class CsvLog:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, step_fn, loader, step: int, failures: FailureLog | None = None) -> dict[str, float]:
-    """Mean loss and metrics over a loader of Batches, in eval mode (nothing in the model changes)."""
+def evaluate(
+    model: nn.Module, step_fn, loader, step: int, failures: FailureLog | None = None, runtime=None
+) -> dict[str, float]:
+    """Mean loss and metrics over a loader of Batches, in eval mode (nothing in the model changes).
+    With a multi-process ``runtime``, each rank's loader holds its share and the means are over all."""
     was = model.training
     model.eval()
     totals: dict[str, float] = {}
@@ -158,6 +169,10 @@ def evaluate(model: nn.Module, step_fn, loader, step: int, failures: FailureLog 
             totals[k] = totals.get(k, 0.0) + v * b
         n += b
     model.train(was)
+    if runtime is not None and runtime.world > 1:
+        names = sorted(totals)  # every rank has the same keys (the same task)
+        summed = runtime.sum([totals[k] for k in names] + [n])
+        totals, n = dict(zip(names, summed[:-1])), summed[-1]
     return {k: v / max(n, 1) for k, v in totals.items()}
 
 
@@ -199,12 +214,13 @@ def fit(
     cfg: LoopConfig,
     out: str,
     meta: dict,
-    device: torch.device,
+    runtime,
     resume: bool = False,
 ) -> dict:
-    """Train ``model``; returns a summary with the paths of the best and last checkpoints."""
-    rank, world = distributed()
-    main = rank == 0
+    """Train ``model`` (on ``runtime``'s device, DDP under torchrun); returns a summary with the
+    paths of the best and last checkpoints."""
+    rank, world, device = runtime.rank, runtime.world, runtime.device
+    main = runtime.main
     ckpt_dir = os.path.join(out, "checkpoints")
     if main:
         os.makedirs(out, exist_ok=True)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
-from typing import Literal
 
 import matplotlib
 
@@ -25,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from .config import VisualizeConfig  # noqa: E402
 from .data.transforms import KINETICS_MEAN, KINETICS_STD, normalize  # noqa: E402
 from .data.video import probe, read_frames  # noqa: E402
 from .tasks.rotation import rotate  # noqa: E402
@@ -35,7 +34,8 @@ def attention(backbone: torch.nn.Module, clip: torch.Tensor) -> torch.Tensor:
     """``(T, H, W)`` map in [0, 1]: the mean over channels of the first block's activations for a float
     clip ``(C, T, H, W)``, upsampled to the clip's size (3DRotNet 4.4)."""
     backbone.eval()
-    act = backbone.conv1(clip[None].float())[0].mean(0)  # (T', H', W')
+    device = next(backbone.parameters()).device
+    act = backbone.conv1(clip[None].float().to(device))[0].mean(0).cpu()  # (T', H', W')
     up = F.interpolate(act[None, None], size=clip.shape[1:], mode="trilinear", align_corners=False)[0, 0]
     up = up - up.min()
     return up / up.max().clamp_min(1e-8)
@@ -185,23 +185,12 @@ def curves_figure(log_csv: str, path: str, title: str = "") -> str:
     return path
 
 
-@dataclass
-class VisualizeConfig:
-    what: Literal["attention", "kernels", "retrieval", "curves"]  # which picture
-    source: str  # attention/kernels: a checkpoint; retrieval: a `vidssl retrieve` --out folder; curves: a run folder
-    video: str | None = None  # attention: the video to show (default: the first of --dataset)
-    dataset: str | None = None  # attention: a dataset to take the first video from
-    compare: str | None = None  # kernels: a second checkpoint shown beside the first
-    out: str = "runs/pictures"  # folder for the PNG
-    frame_size: tuple[int, int] = (112, 112)  # attention: HxW the clip is resized to (square, for rotations)
-    clip_length: int = 16  # attention: frames in the clip
-    queries: int = 6  # retrieval: queries shown
-
-
 def visualize(cfg: VisualizeConfig) -> str:
     """Draw one picture; returns the PNG path."""
-    from .checkpoint import load_backbone
+    from .checkpoint import load_encoder
+    from .runtime import Runtime
 
+    rt = Runtime.setup(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     if cfg.what == "curves":
         log_csv = cfg.source if cfg.source.endswith(".csv") else os.path.join(cfg.source, "log.csv")
@@ -210,11 +199,11 @@ def visualize(cfg: VisualizeConfig) -> str:
         return curves_figure(log_csv, os.path.join(cfg.out, "curves.png"))
     if cfg.what == "retrieval":
         return retrieval_samples(cfg.source, os.path.join(cfg.out, "retrieval.png"), cfg.queries)
-    backbone, meta = load_backbone(cfg.source)
+    backbone, enc = load_encoder(cfg.source)
     if cfg.what == "kernels":
         weights = [(os.path.basename(cfg.source), backbone.first_conv.weight)]
         if cfg.compare:
-            weights.append((os.path.basename(cfg.compare), load_backbone(cfg.compare)[0].first_conv.weight))
+            weights.append((os.path.basename(cfg.compare), load_encoder(cfg.compare)[0].first_conv.weight))
         return kernels_figure(weights, os.path.join(cfg.out, "kernels.png"))
     video = cfg.video
     if video is None:
@@ -227,9 +216,10 @@ def visualize(cfg: VisualizeConfig) -> str:
     n = min(cfg.clip_length, info.num_frames)
     frames = read_frames(video, max(0, (info.num_frames - n) // 2), n, size=cfg.frame_size, info=info)
     clip = torch.from_numpy(frames).permute(3, 0, 1, 2)
+    rt.announce()
     return attention_figure(
-        backbone,
+        backbone.to(rt.device),
         clip,
         os.path.join(cfg.out, "attention.png"),
-        title=f"{os.path.basename(video)}: attention of {meta['backbone']} conv1 ({meta.get('task')})",
+        title=f"{os.path.basename(video)}: attention of {enc.backbone} conv1 ({enc.task})",
     )

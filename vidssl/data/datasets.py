@@ -364,8 +364,24 @@ def video_root(root, kind: str = "auto") -> str:
     return os.path.join(root, sub) if sub and os.path.isdir(os.path.join(root, sub)) else root
 
 
-def load_dataset(kind: str, root, split: int = 1, subset: str = "train", **kwargs) -> ClipDataset:
-    """A dataset by layout name (``auto`` detects it)."""
+def load_dataset(
+    kind: str,
+    root,
+    split: int = 1,
+    subset: str = "train",
+    *,
+    sampler=None,
+    transform=None,
+    cache=None,
+    size: tuple[int, int] | None = None,
+    resample: int | None = None,
+    on_short: str = "skip",
+    seed: int = 0,
+    progress: bool | None = None,
+) -> ClipDataset:
+    """A dataset by layout name (``auto`` detects it); the other arguments are ClipDataset's."""
+    kwargs = dict(sampler=sampler, transform=transform, cache=cache, size=size, resample=resample,
+                  on_short=on_short, seed=seed, progress=progress)  # fmt: skip
     if kind == "auto":
         kind = detect_kind(root)
     if kind == "ucf101":

@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
+from ..config import SynthConfig
 from .video import write_video
 
 # Class name -> what the actor does. CamelCase, as UCF101 names its classes.
@@ -41,18 +42,6 @@ CLASSES = {
     "Recede": "goes away from the camera (shrinks, feet move up), speeding up",
     "Sway": "rocks on its feet from side to side with a growing swing",
 }
-
-
-@dataclass
-class SynthConfig:
-    classes: int = 10  # how many of the 10 motion classes (taken in order)
-    groups: int = 25  # gXX groups (UCF101 has 25); each shares actor and scene across classes
-    clips: int = 4  # cYY clips per group and class
-    frames: int = 80  # frames per video (clip order needs >= 64: 3 clips x 16 + 2 gaps x 8)
-    height: int = 96  # frame height in pixels (even)
-    width: int = 128  # frame width in pixels (even)
-    fps: int = 25  # frames per second written in the files
-    seed: int = 0  # the same seed writes the same videos
 
 
 def split_test_groups(num_groups: int, split: int) -> list[int]:

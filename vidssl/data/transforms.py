@@ -135,6 +135,12 @@ def to_input(clips: torch.Tensor, modality: str = "rgb") -> torch.Tensor:
     return x
 
 
+def clip_frames(clip_length: int, modality: str = "rgb") -> int:
+    """Frames a loader must read for a clip of ``clip_length`` inputs: DIF needs one more (T+1
+    frames give T differences)."""
+    return clip_length + (1 if modality == "dif" else 0)
+
+
 def memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A ``(B, C, T, H, W)`` batch in channels_last_3d memory when asked (other shapes unchanged):
     a model converted to channels_last_3d runs fastest on inputs laid out the same way."""

@@ -1,0 +1,117 @@
+"""`vidssl eval-pretext`: pretext loss and accuracy of pretraining checkpoints on any dataset
+(3DRotNet Table 1 and Fig. 4b, VCOP Table 1), beside downstream accuracy when given.
+
+The measurement is the training loop's own ``train.evaluate`` over the dataset; under torchrun the
+videos are sharded over the ranks and the sums gathered.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import torch
+from torch.utils.data import Subset
+
+from .checkpoint import load_pretext_model, read_meta
+from .config import EvalPretextConfig, PretrainConfig, check_ranges, write_config
+from .data.datasets import load_dataset
+from .data.loading import FailureLog
+from .data.loading import loader as data_loader
+from .data.sampling import sample_seed
+from .data.transforms import clip_frames, eval_transform, to_input
+from .runtime import Runtime
+from .tasks import PretextModel
+from .train import evaluate
+
+
+def pretext_accuracy(
+    model: PretextModel,
+    cfg: PretrainConfig,
+    dataset,
+    draws: int = 1,
+    seed: int = 0,
+    batch_size: int = 8,
+    runtime: Runtime | None = None,
+) -> dict:
+    """Pretext loss and accuracy (and the task's other metrics) of a model on a dataset, each video
+    ``draws`` times with new clips and targets, in eval mode. Draws are a pure function of
+    (seed, draw, the batch's first video)."""
+    rt = runtime or Runtime(next(model.parameters()).device)
+    failures, per_draw = FailureLog(), []
+    for d in range(draws):
+        dataset.set_epoch(d)
+        part = Subset(dataset, rt.shard(len(dataset))) if rt.world > 1 else dataset
+
+        def step_fn(m, batch, step, train=False):
+            x = rt.input(to_input(batch.clips.to(rt.device), cfg.modality))
+            g = torch.Generator().manual_seed(sample_seed(seed, step, int(batch.index[0])))  # step: the draw
+            with rt.autocast():
+                return m(x, g)
+
+        per_draw.append(evaluate(model, step_fn, data_loader(part, batch_size), d, failures, runtime=rt))
+    return {k: sum(m[k] for m in per_draw) / len(per_draw) for k in per_draw[0]}
+
+
+def checkpoint_list(spec: str) -> list[str]:
+    """Paths named in ``spec``; for a folder, its step-numbered checkpoints (else all), ordered by step."""
+    if not os.path.isdir(spec):
+        return [p.strip() for p in spec.split(",") if p.strip()]
+    names = [f for f in os.listdir(spec) if f.endswith(".json")]
+    names = [f for f in names if f.startswith("step")] or names
+    if not names:
+        raise FileNotFoundError(f"{spec}: no checkpoints (*.json) in this folder")
+    paths = [os.path.join(spec, n) for n in names]
+    return sorted(paths, key=lambda p: (read_meta(p).get("step", 0), p))
+
+
+def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
+    """Pretext loss and accuracy of each checkpoint on a dataset, beside downstream accuracy if given."""
+    check_ranges(cfg)
+    rt = Runtime.setup(cfg)
+    paths = checkpoint_list(cfg.checkpoints)
+    downstream = [p.strip() for p in cfg.downstream.split(",")] if cfg.downstream else []
+    if downstream and len(downstream) != len(paths):
+        raise ValueError(f"--downstream names {len(downstream)} results for {len(paths)} checkpoints")
+    rows = []
+    for i, path in enumerate(paths):
+        model, pcfg = load_pretext_model(path)
+        model = rt.prepare(model)
+        meta = read_meta(path)
+        ds = load_dataset(
+            cfg.kind,
+            cfg.dataset,
+            split=cfg.split,
+            subset=cfg.subset,
+            cache=cfg.cache,
+            size=None if cfg.cache else meta["config"].get("frame_size"),
+            sampler=model.task.sampler(clip_frames(pcfg.clip_length, pcfg.modality)),
+            transform=eval_transform(pcfg.crop),
+            on_short="loop",
+            progress=cfg.progress and rt.main,
+        )
+        rt.announce()
+        m = pretext_accuracy(model, pcfg, ds, draws=cfg.draws, batch_size=cfg.batch_size, runtime=rt)
+        row = {
+            "checkpoint": path,
+            "step": meta.get("step"),
+            "task": pcfg.task,
+            "videos": len(ds),
+            "pretext_loss": m["loss"],
+            "pretext_acc": m["acc"],
+        }
+        if downstream:
+            with open(downstream[i]) as f:
+                res = json.load(f)
+            row["downstream_top1"] = res["summary"]["video_top1"]["mean"] if "summary" in res else res["video_top1"]
+        rows.append(row)
+    if rt.main:
+        write_config(cfg, cfg.out, "eval-pretext")
+        with open(os.path.join(cfg.out, "pretext.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        with open(os.path.join(cfg.out, "pretext.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
