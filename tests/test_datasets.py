@@ -76,12 +76,14 @@ def test_multi_clip_policies_give_stacked_clips(tiny_synth):
     assert ds[0][0].shape == (1, 3, 8, TINY.height, TINY.width)
 
 
-def test_too_short_for_the_tuple_is_skipped_or_looped(tiny_synth):
+def test_too_short_for_the_tuple_is_skipped_never_looped(tiny_synth):
     policy = ClipTuple(3, 16, 8)  # needs 64 frames; the tiny videos have 40
     ds = ucf101(tiny_synth, 1, "test", sampler=policy)
     assert len(ds) == 0 and len(ds.skipped) == 6
-    looped = ucf101(tiny_synth, 1, "test", sampler=policy, on_short="loop")
-    assert len(looped) == 6 and looped[0][0].shape[:3] == (3, 3, 16)
+    with pytest.raises(ValueError, match="cannot loop short videos"):  # looped clips would share frames
+        ucf101(tiny_synth, 1, "test", sampler=policy, on_short="loop")
+    looped = ucf101(tiny_synth, 1, "test", sampler=RandomClip(64), on_short="loop")  # one clip may loop
+    assert len(looped) == 6 and looped[0][0].shape[:2] == (3, 64)
 
 
 def test_folder_and_kinetics_layouts(tmp_path, make_video):

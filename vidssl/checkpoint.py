@@ -221,6 +221,7 @@ class EncoderInfo:
     task: str | None = None
     step: int | None = None
     path: str | None = None
+    rotations: str | None = None  # the rotation set it was pretrained on (rotation and joint tasks)
 
     @property
     def frames(self) -> int:
@@ -234,18 +235,19 @@ def load_encoder(path: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
     backbone, meta = load_backbone(path, device)
     cfg = meta.get("config") or {}
     modality = meta.get("modality") or cfg.get("modality") or "rgb"
-    size = cfg.get("frame_size")
+    size = meta.get("frame_size") or cfg.get("frame_size")
     info = EncoderInfo(
         backbone=meta["backbone"],
         width=meta["width"],
         modality="rgb" if modality == "auto" else modality,
         clip_length=meta.get("clip_length") or cfg.get("clip_length") or 16,
         frame_size=tuple(size) if size else None,
-        crop=cfg.get("crop", 112),
+        crop=meta.get("crop") or cfg.get("crop") or 112,
         kind=meta.get("kind", "pretrain"),
         task=meta.get("task"),
         step=meta.get("step"),
         path=os.path.abspath(path),
+        rotations=cfg.get("rotations") if meta.get("kind") == "pretrain" and meta.get("task") != "clip_order" else None,
     )
     return backbone, info
 

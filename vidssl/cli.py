@@ -36,7 +36,8 @@ COMMANDS = {
 CONFIG_HELP = (
     "Options can also come from a config file: --config FILE.yaml sets the same fields (flags given "
     "with it override the file); --print-config prints the resolved config in that format and exits. "
-    "Every run stores its config as OUT/config.yaml."
+    "Every run stores its config as OUT/config.yaml. --preset NAME starts from a built-in config "
+    "(finetune: 3drotnet, vcop; a --config file and flags override it)."
 )
 
 
@@ -145,7 +146,12 @@ def parse_command(name: str, args: list[str]):
     cls = getattr(config, COMMANDS[name][0])
     args, path = _take(args, "--config", True)
     args, show = _take(args, "--print-config", False)
-    default = config.from_plain(cls, read_config_file(path), path, partial=True) if path else None
+    args, name_of_preset = _take(args, "--preset", True)
+    values = config.preset(name, name_of_preset) if name_of_preset else {}  # a built-in config, then the file
+    if path:
+        values.update(read_config_file(path))
+    where = path or f"preset {name_of_preset}"
+    default = config.from_plain(cls, values, where, partial=True) if values else None
 
     def hook(event):
         line = _one_line(event)
@@ -327,7 +333,8 @@ def run_retrieve(cfg) -> None:
             {"level": lvl, **{f"top-{k}": f"{100 * v:.1f}" for k, v in res[lvl].items()}} for lvl in ("clip", "video")
         ]
         print(format_table(rows, list(rows[0])))
-        print("video level: the mean of each video's clip features (VCOP Tables 2-3); clip level: every clip")
+        for lvl in ("video", "clip"):
+            print(f"{lvl} level: {res['levels'][lvl]}")
     print(f"nearest neighbours: {os.path.join(cfg.out, 'neighbours.csv')}")
 
 

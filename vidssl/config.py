@@ -45,6 +45,8 @@ from .fields import (  # noqa: F401  (check_ranges, to_plain, ... are used throu
     check_ranges,
     dump_config,
     from_plain,
+    preset,
+    presets,
     to_plain,
     write_config,
 )
@@ -160,7 +162,8 @@ class PretrainConfig(TaskOptions, LoopOptions, DataOptions, TrainRuntimeOptions)
     backbone: str | None = None  # unset: resnet18_3d (rotation, joint), r3d_10 (clip order)
     width: Positive[float] = 1.0  # backbone channel width multiplier (0.25 for CPU runs)
     flip: Probability = 0.5  # horizontal flip probability
-    on_short: Literal["skip", "loop"] = "skip"  # videos too short for the clips: skip or loop them
+    on_short: Literal["skip", "loop"] = "skip"  # videos too short for the clips: skip or loop them (clip tuples never loop)
+    resample: Positive[int] | None = None  # evenly resample every video to N frames first (3DRotNet: 160 Kinetics, 90 MiT); a cache made with --resample sets it
     val_videos: NonNegative[int] = 800  # training videos held out for validation (VCOP), at most 10% of the dataset
     data_fraction: Fraction = 1.0  # pretrain on a seeded fraction of the videos (3DRotNet Table 4)
     keep_every: NonNegative[int] = 0  # also keep checkpoints/stepNNNNNNN every N steps (eval-pretext series; 0: never)
@@ -200,6 +203,8 @@ class FinetuneConfig(LoopOptions, DataOptions, TrainRuntimeOptions):
     lr: Positive[float] = 0.008  # initial learning rate (3DRotNet)
     lr_decay_every: NonNegative[int] = 4000  # steps between x0.1 decays (0: never)
     test_clips: Positive[int] = 10  # clips per test video, evenly spaced
+    val_videos: NonNegative[int] | None = 0  # training videos held out for validation each epoch (0: none); unset: VCOP's 800 (HMDB51: 400)
+    test_checkpoint: Literal["last", "best"] = "last"  # the weights tested: the last, or those of lowest validation loss (VCOP; needs --val-videos)
 
 
 @dataclass(kw_only=True)
@@ -211,7 +216,8 @@ class RetrieveConfig(EncoderOptions, DataOptions, RuntimeOptions):
     gallery: str | None = None  # another dataset whose training videos form the gallery (cross-dataset)
     gallery_cache: str | None = None  # frame cache of the gallery dataset
     feature: FeatureKind = "vcop"  # vcop: conv5 max-pooled (9216-d at 16x112x112); pooled: 512-d
-    frame_size: Size = (128, 171)  # HxW frames are resized to (VCOP 128x171)
+    frame_size: Size = None  # HxW frames are resized to; unset: the checkpoint's, else 128x171 (VCOP)
+    crop: Annotated[int, Range(8)] | None = None  # centre crop side; unset: the checkpoint's, else 112
     reuse_features: bool = True  # read cached features from OUT when they match these settings
     neighbours: Positive[int] = 5  # nearest neighbours listed per query in neighbours.csv
 
@@ -222,7 +228,8 @@ class ProbeConfig(EncoderOptions, DataOptions, RuntimeOptions):
 
     dataset: Dataset = field(kw_only=False)  # labelled dataset (train split fits, test split scores)
     out: str = "runs/probe"  # output folder: probe.json and the cached features
-    frame_size: Size = (128, 171)  # HxW frames are resized to
+    frame_size: Size = None  # HxW frames are resized to; unset: the checkpoint's, else 128x171 (VCOP)
+    crop: Annotated[int, Range(8)] | None = None  # centre crop side; unset: the checkpoint's, else 112
     k: Positive[int] = 20  # neighbours of the k-NN classifier
     weight_decay: NonNegative[float] = 1e-3  # L2 penalty of the linear probe
 

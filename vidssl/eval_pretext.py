@@ -36,20 +36,24 @@ def pretext_accuracy(
     runtime: Runtime | None = None,
 ) -> dict:
     """Pretext loss and accuracy (and the task's other metrics) of a model on a dataset, each video
-    ``draws`` times with new clips and targets, in eval mode. Draws are a pure function of
-    (seed, draw, the batch's first video)."""
+    ``draws`` times with new clips and targets, in eval mode. Targets are fixed per (seed, draw,
+    video) and balanced over the classes, so the result does not depend on the batching or the
+    number of processes."""
     rt = runtime or Runtime(next(model.parameters()).device)
     failures, per_draw = FailureLog(), []
+    mine = torch.tensor(rt.shard(len(dataset)))
+    part = Subset(dataset, mine.tolist()) if rt.world > 1 else dataset
+
+    def step_fn(m, batch, step, train=False):  # step: the draw
+        x = rt.input(to_input(batch.clips.to(rt.device), cfg.modality))
+        index = mine[batch.index] if rt.world > 1 else batch.index  # the videos' dataset indices
+        targets = model.task.fixed_targets(index, sample_seed(seed, step, 3))
+        g = torch.Generator().manual_seed(sample_seed(seed, step, 2))  # "all" rotations draw nothing
+        with rt.autocast():
+            return m(x, g, targets)
+
     for d in range(draws):
-        dataset.set_epoch(d)
-        part = Subset(dataset, rt.shard(len(dataset))) if rt.world > 1 else dataset
-
-        def step_fn(m, batch, step, train=False):
-            x = rt.input(to_input(batch.clips.to(rt.device), cfg.modality))
-            g = torch.Generator().manual_seed(sample_seed(seed, step, int(batch.index[0])))  # step: the draw
-            with rt.autocast():
-                return m(x, g)
-
+        dataset.set_epoch(d)  # new clips each draw (a Subset reads the same dataset)
         per_draw.append(evaluate(model, step_fn, data_loader(part, batch_size), d, failures, runtime=rt))
     return {k: sum(m[k] for m in per_draw) / len(per_draw) for k in per_draw[0]}
 
@@ -79,6 +83,7 @@ def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
         model, pcfg = load_pretext_model(path)
         model = rt.prepare(model)
         meta = read_meta(path)
+        sampler = model.task.sampler(clip_frames(pcfg.clip_length, pcfg.modality))
         ds = load_dataset(
             cfg.kind,
             cfg.dataset,
@@ -86,9 +91,11 @@ def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
             subset=cfg.subset,
             cache=cfg.cache,
             size=None if cfg.cache else meta["config"].get("frame_size"),
-            sampler=model.task.sampler(clip_frames(pcfg.clip_length, pcfg.modality)),
+            sampler=sampler,
             transform=eval_transform(pcfg.crop),
-            on_short="loop",
+            # Clip tuples skip short videos (VCOP's lists hold videos of >= 64 frames); one rotated
+            # clip may loop a short video.
+            on_short="loop" if getattr(sampler, "loopable", True) else "skip",
             progress=cfg.progress and rt.main,
         )
         rt.announce()
@@ -98,6 +105,7 @@ def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
             "step": meta.get("step"),
             "task": pcfg.task,
             "videos": len(ds),
+            "skipped": len(ds.skipped),
             "pretext_loss": m["loss"],
             "pretext_acc": m["acc"],
         }

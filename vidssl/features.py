@@ -113,6 +113,17 @@ def describe_encoder(opts, info: EncoderInfo) -> dict:
     return {"init": info.path, "step": info.step}
 
 
+VCOP_FRAMES = (128, 171)  # VCOP 4.1: frames resized to 128x171, 112 centre crops
+
+
+def preprocessing(opts, info: EncoderInfo) -> tuple[tuple[int, int], int]:
+    """(frame size, crop) for features: the options' when set, else what the network was trained
+    with (its checkpoint), else VCOP's 128x171 and 112."""
+    size = opts.frame_size or info.frame_size or VCOP_FRAMES
+    crop = opts.crop or info.crop or 112
+    return tuple(size), crop
+
+
 def video_features(
     backbone: nn.Module,
     info: EncoderInfo,
@@ -135,15 +146,17 @@ def video_features(
     from .data.sampling import UniformClips
     from .data.transforms import eval_transform
 
+    frame_size, crop = preprocessing(opts, info)
+
     ds = load_dataset(
         kind,
         dataset_path,
         split=opts.split,
         subset=subset,
         cache=cache,
-        size=None if cache else opts.frame_size,
+        size=None if cache else frame_size,
         sampler=UniformClips(opts.clips, info.frames),
-        transform=eval_transform(opts.crop),
+        transform=eval_transform(crop),
         on_short="loop",
         progress=opts.progress and runtime.main,
     )
@@ -152,8 +165,8 @@ def video_features(
         "feature": feature,
         "clips": opts.clips,
         "clip_length": info.clip_length,
-        "crop": opts.crop,
-        "frame_size": list(opts.frame_size) if opts.frame_size else None,
+        "crop": crop,
+        "frame_size": list(frame_size) if frame_size and not cache else None,
         "modality": info.modality,
         "dataset": os.path.abspath(dataset_path),
         "subset": subset,

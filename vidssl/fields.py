@@ -187,6 +187,27 @@ def from_plain(cls, values: dict, where: str, partial: bool = False):
     return cls(**out)
 
 
+def presets(command: str) -> list[str]:
+    """Names of the built-in configs of a command (vidssl/presets/COMMAND-NAME.yaml)."""
+    from importlib.resources import files
+
+    folder = files("vidssl") / "presets"
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    return sorted(n[len(command) + 1 : -5] for n in names if n.startswith(command + "-") and n.endswith(".yaml"))
+
+
+def preset(command: str, name: str) -> dict:
+    """A built-in config of a command as option values, e.g. ``FinetuneConfig(d, **preset("finetune", "vcop"))``."""
+    from importlib.resources import files
+
+    import yaml
+
+    if name not in presets(command):
+        raise ValueError(f"{command} has no preset {name!r}; choose one of {', '.join(presets(command)) or 'none'}")
+    values = yaml.safe_load((files("vidssl") / "presets" / f"{command}-{name}.yaml").read_text())
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def dump_config(cfg, command: str = "") -> str:
     """A config as YAML that ``--config`` reads back (the same run)."""
     import yaml

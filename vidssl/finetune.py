@@ -20,12 +20,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import backbones
-from .checkpoint import CheckpointError, load_encoder
+from .checkpoint import CheckpointError, load_encoder, load_weights
 from .config import FinetuneConfig, check_ranges, to_plain, write_config
-from .data.datasets import load_dataset
+from .data.datasets import detect_kind, load_dataset
 from .data.loading import FailureLog
 from .data.loading import loader as data_loader
-from .data.sampling import RandomClip, UniformClips
+from .data.sampling import RandomClip, UniformClips, split_videos
 from .data.transforms import clip_frames, eval_transform, to_input, train_transform
 from .runtime import Runtime
 from .train import fit, loop_config
@@ -157,8 +157,9 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
     common = dict(
         split=cfg.split, cache=cfg.cache, size=None if cfg.cache else cfg.frame_size, progress=cfg.progress and rt.main
     )
+    kind = cfg.kind if cfg.kind != "auto" else detect_kind(cfg.dataset)
     train_all = load_dataset(
-        cfg.kind,
+        kind,
         cfg.dataset,
         subset="train",
         sampler=RandomClip(frames),
@@ -169,12 +170,20 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
     )
     if not train_all.classes:
         raise ValueError(f"{cfg.dataset}: fine-tuning needs labels (a UCF101, HMDB51 or Kinetics layout)")
-    keep = few_shot_indices(train_all.labels, cfg.shots, cfg.train_fraction, seed)
+    # VCOP holds training videos out for validation (800; HMDB51 400) and tests the checkpoint of
+    # lowest validation loss; 3DRotNet tests the last one.
+    n_val = cfg.val_videos if cfg.val_videos is not None else (400 if kind == "hmdb51" else 800)
+    rest, val_idx = split_videos(len(train_all), n_val, 1.0, seed)
+    if cfg.test_checkpoint == "best" and not val_idx:
+        raise ValueError("--test-checkpoint best needs validation videos (--val-videos N, or unset for VCOP's)")
+    shots = few_shot_indices([train_all.labels[i] for i in rest], cfg.shots, cfg.train_fraction, seed)
+    keep = [rest[i] for i in shots]
     train_set = train_all.select(keep)
+    val_set = train_all.select(val_idx, transform=eval_transform(cfg.crop), seed=seed + 1) if val_idx else None
     test_set = load_dataset(
-        cfg.kind,
+        kind,
         cfg.dataset,
-        subset="test" if cfg.kind != "kinetics" else "val",
+        subset="val" if kind == "kinetics" else "test",  # Kinetics-style data is tested on val/, as stats says
         sampler=UniformClips(cfg.test_clips, frames),
         transform=eval_transform(cfg.crop),
         on_short="loop",
@@ -193,15 +202,19 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
         "task": f"finetune {len(train_all.classes)} classes",
         "modality": modality,
         "clip_length": length,
+        "frame_size": list(train_all.size) if train_all.size else None,  # the frames it saw (a cache's too)
+        "crop": cfg.crop,
         "classes": train_all.classes,
         "source": source,
         "config": to_plain(cfg),
         "seed": seed,
     }
     if rt.main:
+        held = f", {len(val_idx)} held out for validation" if val_idx else ""
         print(
             f"finetune seed {seed} | {meta['backbone']} from {source['init']} | {len(train_set)} of "
-            f"{len(train_all)} training videos ({len(train_all.classes)} classes) | {len(test_set)} test videos | "
+            f"{len(train_all)} training videos ({len(train_all.classes)} classes{held}) | "
+            f"{len(test_set)} test videos | "
             f"frozen: {', '.join(model.frozen) or 'none'} | batch {batch} x {rt.world} | {total} steps | "
             f"{rt.describe()}"
         )
@@ -214,7 +227,12 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
 
-    fit(model, step_fn, train_set, None, loop, out, meta, rt, resume=cfg.resume)
+    summary = fit(model, step_fn, train_set, val_set, loop, out, meta, rt, resume=cfg.resume)
+    tested = {"checkpoint": "last", "step": summary["steps"]}
+    if cfg.test_checkpoint == "best":
+        best_meta, weights = load_weights(summary["best"])
+        model.load_state_dict(weights)
+        tested = {"checkpoint": "best", "step": best_meta["step"], "val_loss": summary["best_val_loss"]}
     probs, labels = rt.run_sharded(test_set, lambda part: predict(model, part, modality, rt, workers=workers))
     report = score_report(probs, labels, train_all.classes)
     if rt.main:
@@ -231,6 +249,8 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
         "train_videos": len(train_set),
         "train_names": [r.rel for r in train_set.records],
         **report,
+        "val_videos": len(val_idx),
+        "tested": tested,
         "skipped": {"train": len(train_all.skipped), "test": len(test_set.skipped)},  # unreadable or bad entries
         "source": source,
     }
@@ -238,6 +258,12 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def summarize(values: list[float]) -> dict:
+    """Mean and sample standard deviation (n - 1; 0 for one value) of per-seed results."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": spread, "values": list(values)}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -260,10 +286,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if rt.main:
         write_config(cfg, cfg.out, "finetune")
     runs = [finetune_seed(cfg, s, rt) for s in seeds]
-    summary = {}
-    for key in ("video_top1", "clip_top1"):
-        values = [r[key] for r in runs]
-        summary[key] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "values": values}
+    summary = {key: summarize([r[key] for r in runs]) for key in ("video_top1", "clip_top1")}
     results = {"config": to_plain(cfg), "runs": runs, "summary": summary}
     if rt.main:
         with open(os.path.join(cfg.out, "results.json"), "w") as f:

@@ -21,7 +21,7 @@ from torch import nn
 from . import backbones
 from .config import PretrainConfig, check_ranges, resolve_pretrain, to_plain, write_config
 from .data.datasets import load_dataset
-from .data.sampling import sample_seed
+from .data.sampling import sample_seed, split_videos
 from .data.transforms import clip_frames, eval_transform, to_input, train_transform
 from .runtime import Runtime
 from .tasks import PretextModel, build_task
@@ -43,13 +43,10 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
-def split_videos(n: int, val: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded (train, validation) video indices: ``val`` held out (at most 10%), then a fraction kept."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    val = min(val, n // 10)
-    held, rest = sorted(order[:val]), order[val:]
-    keep = max(1, round(len(rest) * fraction))
-    return sorted(rest[:keep]), held
+def task_seed(seed: int, step: int, rank: int = 0, world: int = 1) -> int:
+    """The seed of a training step's task draws (rotations, permutations): a pure function of
+    (seed, step) and, under DDP, of the rank, so that ranks do not draw the same targets."""
+    return sample_seed(seed, step, 1) if world == 1 else sample_seed(seed, step, 1, rank)
 
 
 def pretrain(cfg: PretrainConfig) -> str:
@@ -68,6 +65,7 @@ def pretrain(cfg: PretrainConfig) -> str:
         subset="train",
         cache=cfg.cache,
         size=cfg.frame_size,
+        resample=cfg.resample,
         on_short=cfg.on_short,
         sampler=task.sampler(clip_frames(cfg.clip_length, cfg.modality)),
         transform=train_transform(cfg.crop, cfg.flip),
@@ -75,9 +73,12 @@ def pretrain(cfg: PretrainConfig) -> str:
         progress=rt.main and cfg.progress,
     )
     if len(full) == 0:
+        fix = "a shorter --clip-length or --interval"  # clip tuples never loop (their clips would overlap)
+        if cfg.task == "rotation":
+            fix = "--on-short loop repeats short ones"
         raise ValueError(
             f"{cfg.dataset}: no usable videos for {cfg.task} ({len(full.skipped)} skipped, e.g. "
-            f"{full.skipped[0][1] if full.skipped else 'none found'}); --on-short loop repeats short ones"
+            f"{full.skipped[0][1] if full.skipped else 'none found'}); {fix}"
         )
     size = full.size
     if size is not None and min(size) < cfg.crop:
@@ -115,10 +116,12 @@ def pretrain(cfg: PretrainConfig) -> str:
 
     def step_fn(m, batch, step, train=True):
         x = rt.input(to_input(batch[0].to(rt.device, non_blocking=True), cfg.modality))
-        # The task's random draws (rotations, permutations) are a pure function of (seed, step).
-        g = torch.Generator().manual_seed(sample_seed(cfg.seed, step, 1 if train else 2))
+        g = torch.Generator().manual_seed(task_seed(cfg.seed, step, rt.rank, rt.world))
+        # Validation targets are fixed per video (and balanced), so that the best checkpoint is
+        # chosen on the same question every epoch; training draws new ones every step.
+        targets = None if train else task.fixed_targets(batch.index, cfg.seed)
         with rt.autocast():
-            return m(x, g)
+            return m(x, g, targets)
 
     summary = fit(model, step_fn, train_set, val_set, loop, cfg.out, meta, rt, resume=cfg.resume)
     if rt.main:

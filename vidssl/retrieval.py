@@ -16,6 +16,12 @@ from .similarity import KS, clip_and_video_retrieval, nearest, topk_retrieval
 __all__ = ["KS", "RetrieveConfig", "clip_and_video_retrieval", "nearest", "retrieve", "topk_retrieval"]
 
 
+LEVELS = {
+    "video": "the mean of each video's clip features, then searched: VCOP Tables 2-3 (its retrieve_clips.py)",
+    "clip": "every clip searched against every training clip (stricter than the papers' tables)",
+}
+
+
 def retrieve(cfg: RetrieveConfig) -> dict:
     """Run retrieval; writes ``results.json`` and ``neighbours.csv`` in ``cfg.out`` and returns the results.
 
@@ -51,6 +57,7 @@ def retrieve(cfg: RetrieveConfig) -> dict:
     }
     if cfg.gallery is None:  # same label space: accuracy at both levels
         results.update(clip_and_video_retrieval(q, g, ql, gl))
+        results["levels"] = LEVELS
     if rt.main:
         _write_neighbours(os.path.join(cfg.out, "neighbours.csv"), q.mean(1), g.mean(1), qds, gds, cfg.neighbours)
         with open(os.path.join(cfg.out, "results.json"), "w") as f:

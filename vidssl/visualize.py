@@ -24,9 +24,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from .config import VisualizeConfig  # noqa: E402
-from .data.transforms import KINETICS_MEAN, KINETICS_STD, normalize  # noqa: E402
+from .data.transforms import KINETICS_MEAN, KINETICS_STD, clip_frames, frame_difference, normalize  # noqa: E402
 from .data.video import probe, read_frames  # noqa: E402
-from .tasks.rotation import rotate  # noqa: E402
+from .tasks.rotation import ROTATION_SETS, rotate  # noqa: E402
 
 
 @torch.no_grad()
@@ -48,17 +48,33 @@ def _to_image(frame: torch.Tensor) -> np.ndarray:
     return (frame.float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def attention_angles(enc) -> tuple[float, ...]:
+    """The rotations to draw for a network: the set it was trained on (the 360-degree regression:
+    the four right angles as examples); only the clip itself for a network not trained on rotations."""
+    if enc.rotations is None:
+        return (0,)
+    return ROTATION_SETS[enc.rotations] or (0, 90, 180, 270)
+
+
 def attention_figure(
-    backbone, clip_uint8: torch.Tensor, path: str, angles=(0, 90, 180, 270), columns: int = 4, title: str = ""
+    backbone,
+    clip_uint8: torch.Tensor,
+    path: str,
+    angles=(0, 90, 180, 270),
+    columns: int = 4,
+    title: str = "",
+    modality: str = "rgb",
 ) -> str:
-    """Rows: rotations of the clip; columns: frames; each frame with its attention map over it."""
+    """Rows: rotations of the clip; columns: frames; each frame with its attention map over it.
+    A DIF network sees frame differences (T+1 frames give T); the frames drawn are the later of each pair."""
     x = normalize(clip_uint8)
-    t = x.shape[1]
+    inputs, shown = (frame_difference(x), x[:, 1:]) if modality == "dif" else (x, x)
+    t = inputs.shape[1]
     frames = np.linspace(0, t - 1, columns).round().astype(int)
     fig, axes = plt.subplots(len(angles), columns, figsize=(2 * columns, 2 * len(angles)), squeeze=False)
     for r, angle in enumerate(angles):
-        xr = rotate(x, angle)
-        att = attention(backbone, xr)
+        xr = rotate(shown, angle)
+        att = attention(backbone, rotate(inputs, angle))
         for c, f in enumerate(frames):
             ax = axes[r, c]
             ax.imshow(_to_image(xr[:, f]))
@@ -213,7 +229,7 @@ def visualize(cfg: VisualizeConfig) -> str:
 
         video = os.path.join(cfg.dataset, list_videos(cfg.dataset)[0])
     info = probe(video)
-    n = min(cfg.clip_length, info.num_frames)
+    n = min(clip_frames(cfg.clip_length, enc.modality), info.num_frames)
     frames = read_frames(video, max(0, (info.num_frames - n) // 2), n, size=cfg.frame_size, info=info)
     clip = torch.from_numpy(frames).permute(3, 0, 1, 2)
     rt.announce()
@@ -221,5 +237,7 @@ def visualize(cfg: VisualizeConfig) -> str:
         backbone.to(rt.device),
         clip,
         os.path.join(cfg.out, "attention.png"),
-        title=f"{os.path.basename(video)}: attention of {enc.backbone} conv1 ({enc.task})",
+        angles=attention_angles(enc),
+        title=f"{os.path.basename(video)}: attention of {enc.backbone} conv1 ({enc.task}, {enc.modality})",
+        modality=enc.modality,
     )

@@ -82,6 +82,11 @@ class ClipDataset(Dataset):
     ):
         if on_short not in ("skip", "loop"):
             raise ValueError(f"on_short must be 'skip' or 'loop', not {on_short!r}")
+        if on_short == "loop" and not getattr(sampler, "loopable", True):
+            raise ValueError(
+                "clip-order tuples cannot loop short videos (their clips would share frames, a shortcut for the "
+                "order); short videos are skipped: use --on-short skip, or shorter --clip-length / --interval"
+            )
         self.root = os.fspath(root)
         self.classes = list(classes)
         self.sampler = sampler or RandomClip()

@@ -66,6 +66,8 @@ class ClipTuple:
     length: int = 16
     interval: int = 8
     stacked = True
+    # Looping a short video would make the clips share frames: the trivial solution VCOP 3.1 warns of.
+    loopable = False
 
     @property
     def min_frames(self) -> int:
@@ -82,6 +84,35 @@ def resample_indices(num_frames: int, target: int) -> np.ndarray:
     return np.linspace(0, num_frames - 1, target).round().astype(np.int64)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed per (run seed, epoch, sample): the same clips whatever the worker count."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def sample_seed(seed: int, epoch: int, index: int, *more: int) -> int:
+    """A well-mixed 63-bit seed per (run seed, epoch, sample[, more keys]): the same clips whatever
+    the worker count."""
+    return int(np.random.SeedSequence([seed, epoch, index, *more]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def balanced_draw(index, k: int, seed: int) -> torch.Tensor:
+    """One of ``k`` classes for each item of ``index``: a fixed function of (seed, item) that uses
+    every class equally often. Items ``i`` of block ``i // k`` take a seeded permutation of the k
+    classes, so any k consecutive items hold each class once (validation targets: the same every
+    epoch, balanced, whatever the batching or the number of processes)."""
+    out = []
+    for i in torch.as_tensor(index).tolist():
+        g = torch.Generator().manual_seed(sample_seed(seed, i // k, k))
+        out.append(int(torch.randperm(k, generator=g)[i % k]))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def uniform_draw(index, seed: int) -> torch.Tensor:
+    """A fixed uniform number in [0, 1) for each item of ``index``, a function of (seed, item)."""
+    draw = lambda i: float(torch.rand((), generator=torch.Generator().manual_seed(sample_seed(seed, i, 1))))
+    return torch.tensor([draw(i) for i in torch.as_tensor(index).tolist()], dtype=torch.float32)
+
+
+def split_videos(n: int, val: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded (train, validation) video indices: ``val`` held out (at most 10% of ``n``), then a
+    ``fraction`` of the rest kept (pretraining on less data, 3DRotNet Table 4)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val = min(val, n // 10)
+    held, rest = sorted(order[:val]), order[val:]
+    keep = max(1, round(len(rest) * fraction))
+    return sorted(rest[:keep]), held

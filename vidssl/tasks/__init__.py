@@ -40,8 +40,8 @@ class PretextModel(nn.Module):
         super().__init__()
         self.backbone, self.task = backbone, task
 
-    def forward(self, x: torch.Tensor, g: torch.Generator):
-        return self.task.step(self.backbone, x, g)
+    def forward(self, x: torch.Tensor, g: torch.Generator, targets=None):
+        return self.task.step(self.backbone, x, g, targets)
 
 
 __all__ = ["ClipOrderTask", "JointTask", "PretextModel", "RotationTask", "ROTATION_SETS", "TASKS", "build_task"]

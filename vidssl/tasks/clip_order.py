@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.sampling import ClipTuple
+from ..data.sampling import ClipTuple, balanced_draw
 
 
 def permutations(n: int) -> torch.Tensor:
@@ -64,12 +64,22 @@ class ClipOrderTask(nn.Module):
     def chance(self) -> float:
         return 1 / len(self.orders)
 
-    def make_batch(self, clips: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ordered tuples ``(B, N, C, T, H, W)`` -> (shuffled tuples, permutation indices)."""
+    def fixed_targets(self, index: torch.Tensor, seed: int) -> torch.Tensor:
+        """Permutation indices for the videos at ``index``: fixed by (seed, video), every order
+        equally often (validation: VCOP keeps the checkpoint of lowest validation loss)."""
+        return balanced_draw(index, len(self.orders), seed)
+
+    def make_batch(
+        self, clips: torch.Tensor, g: torch.Generator, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ordered tuples ``(B, N, C, T, H, W)`` -> (shuffled tuples, permutation indices); the
+        permutations are drawn from ``g`` unless ``targets`` gives them."""
         b, n = clips.shape[:2]
         if n != self.num_clips:
             raise ValueError(f"expected tuples of {self.num_clips} clips, got {n}")
-        targets = torch.randint(len(self.orders), (b,), generator=g).to(clips.device)
+        if targets is None:
+            targets = torch.randint(len(self.orders), (b,), generator=g)
+        targets = targets.to(clips.device)
         perms = self.orders[targets]  # (B, N)
         shuffled = clips[torch.arange(b, device=clips.device)[:, None], perms]
         return shuffled, targets
@@ -95,7 +105,7 @@ class ClipOrderTask(nn.Module):
     def metrics(self, out: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return {"acc": (out.argmax(1) == targets).float().mean().item(), "live_units": self._live}
 
-    def step(self, backbone: nn.Module, clips: torch.Tensor, g: torch.Generator):
-        inputs, targets = self.make_batch(clips, g)
+    def step(self, backbone: nn.Module, clips: torch.Tensor, g: torch.Generator, targets=None):
+        inputs, targets = self.make_batch(clips, g, targets)
         out = self.forward(backbone, inputs)
         return self.loss(out, targets), self.metrics(out, targets)

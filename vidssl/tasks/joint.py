@@ -28,9 +28,14 @@ class JointTask(nn.Module):
     def chance(self) -> float:
         return self.rotation.chance
 
-    def step(self, backbone: nn.Module, clips, g):
-        rot_loss, rot_m = self.rotation.step(backbone, clips[:, 0], g)
-        ord_loss, ord_m = self.clip_order.step(backbone, clips, g)
+    def fixed_targets(self, index, seed: int):
+        """(rotation targets, clip-order targets) for validation, each fixed and balanced."""
+        return self.rotation.fixed_targets(index, seed), self.clip_order.fixed_targets(index, seed + 1)
+
+    def step(self, backbone: nn.Module, clips, g, targets=None):
+        rot_t, ord_t = targets if targets is not None else (None, None)
+        rot_loss, rot_m = self.rotation.step(backbone, clips[:, 0], g, rot_t)
+        ord_loss, ord_m = self.clip_order.step(backbone, clips, g, ord_t)
         loss = self.weights[0] * rot_loss + self.weights[1] * ord_loss
         metrics = {
             "acc": rot_m["acc"],

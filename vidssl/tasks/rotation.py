@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.sampling import RandomClip
+from ..data.sampling import RandomClip, balanced_draw, uniform_draw
 from ..data.transforms import center_crop
 
 # Table 3's sets, the 8-way set and the 360-degree regression (None).
@@ -97,11 +97,24 @@ class RotationTask(nn.Module):
     def chance(self) -> float:
         return 1 / 8 if self.regression else 1 / len(self.angles)
 
-    def make_batch(self, clips: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def fixed_targets(self, index: torch.Tensor, seed: int) -> torch.Tensor | None:
+        """Targets for the videos at ``index`` fixed by (seed, video) and balanced over the classes
+        (validation); None in "all" mode, where every clip takes every rotation anyway. Regression:
+        one angle per video, stratified over 8 sectors."""
+        if self.regression:
+            return (balanced_draw(index, 8, seed) + uniform_draw(index, seed)) / 8
+        if self.mode == "all":
+            return None
+        return balanced_draw(index, len(self.angles), seed)
+
+    def make_batch(
+        self, clips: torch.Tensor, g: torch.Generator, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Float clips ``(B, C, T, H, W)`` -> (rotated inputs, targets).
 
         Classification targets are indices into the rotation set; regression targets are angles in
-        turns. Random draws come from ``g`` (a CPU generator)."""
+        turns. Random draws come from ``g`` (a CPU generator) unless ``targets`` gives them
+        ("random" mode and regression; "all" mode has no draw)."""
         b, _, _, h, w = clips.shape
         if h != w and not self.exact:
             raise ValueError(f"rotation by other than 90-degree steps needs square clips, got {h}x{w}")
@@ -109,7 +122,7 @@ class RotationTask(nn.Module):
             raise ValueError(f"rotating by 90 degrees needs square clips, got {h}x{w}; crop them square")
         dev = clips.device
         if self.regression:
-            turns = torch.rand(b, generator=g)
+            turns = torch.rand(b, generator=g) if targets is None else targets.float().cpu()
             x = rotate_each(clips, turns * 360)
             return center_crop(x, (safe_crop_size(h),) * 2), turns.to(dev)
         k = len(self.angles)
@@ -120,7 +133,7 @@ class RotationTask(nn.Module):
             else:
                 x = rotate_each(clips.repeat(k, 1, 1, 1, 1), torch.tensor(self.angles).repeat_interleave(b).float())
         else:
-            labels = torch.randint(k, (b,), generator=g)
+            labels = torch.randint(k, (b,), generator=g) if targets is None else targets.long().cpu()
             if self.exact:
                 x = torch.stack([rotate(clips[i], self.angles[int(labels[i])]) for i in range(b)])
             else:
@@ -148,7 +161,7 @@ class RotationTask(nn.Module):
             return {"acc": (err < 22.5).float().mean().item(), "deg_err": err.mean().item()}
         return {"acc": (out.argmax(1) == targets).float().mean().item()}
 
-    def step(self, backbone: nn.Module, clips: torch.Tensor, g: torch.Generator):
-        inputs, targets = self.make_batch(clips, g)
+    def step(self, backbone: nn.Module, clips: torch.Tensor, g: torch.Generator, targets=None):
+        inputs, targets = self.make_batch(clips, g, targets)
         out = self.forward(backbone, inputs)
         return self.loss(out, targets), self.metrics(out, targets)
