@@ -31,6 +31,7 @@ COMMANDS = {
     "visualize": ("VisualizeConfig", "run_visualize", "attention maps, kernels, retrieval samples, curves"),
     "info": ("InfoConfig", "run_info", "parameters, FLOPs and feature shapes of every backbone"),
     "demo": ("DemoConfig", "run_demo", "the main job on the embedded synthetic dataset"),
+    "reproduce": ("ReproduceConfig", "run_reproduce", "one paper table: run its recipe, ours beside the paper's"),
 }
 
 CONFIG_HELP = (
@@ -394,3 +395,9 @@ def run_demo(cfg) -> None:
     from .demo import demo
 
     demo(cfg)
+
+
+def run_reproduce(cfg) -> None:
+    from .reproduce import reproduce
+
+    reproduce(cfg)

@@ -325,3 +325,15 @@ class DemoConfig:
     quick: bool = False  # a tiny version (under 2 minutes) that checks every stage, not the numbers
     seed: int = 0  # seed of every stage
     workers: NonNegative[int] = 0  # parallel processes for generation and caching (0: one per core)
+
+
+@dataclass
+class ReproduceConfig:
+    name: Annotated[str | None, Positional, arg(metavar="NAME")] = None  # the recipe, named after its paper table (`--list` shows them)
+    data: str | None = None  # folder holding the datasets: ROOT/UCF101, ROOT/HMDB51, ROOT/kinetics, ROOT/mit (a ROOT/X-cache beside one is used); smoke scale: the embedded dataset
+    scale: Literal["full", "smoke"] = "full"  # full: the paper's protocol (GPU, real data); smoke: the same stages at CPU size on the embedded dataset, in minutes
+    out: str | None = None  # output folder: one folder per stage, table.md, table.json; unset: runs/reproduce/NAME[-smoke]
+    seeds: str | None = None  # comma-separated seeds for every fine-tuning stage; unset: the recipe's
+    device: Device = "auto"  # where the networks run
+    list: bool = False  # list the recipes: what each reproduces and which datasets it needs
+

@@ -1,0 +1,82 @@
+"""`vidssl reproduce`: every paper table has a well-formed recipe; two run end to end at smoke scale
+(one per paper) with a complete table; stages resume and refuse changed settings; the full-scale
+time estimate."""
+
+import json
+import os
+
+import pytest
+
+from vidssl import reproduce as R
+from vidssl.cli import main
+from vidssl.config import ReproduceConfig
+
+EXPECTED = {  # every table and figure the recipes cover, by recipe name
+    "3drotnet-table1", "3drotnet-table2", "3drotnet-table3", "3drotnet-table5", "3drotnet-table6",
+    "3drotnet-table7", "3drotnet-fig4a", "3drotnet-rotations", "vcop-table1", "vcop-table2", "vcop-table3",
+    "vcop-table4",
+}  # fmt: skip
+
+
+def test_every_recipe_is_listed_and_well_formed(tmp_path, capsys):
+    assert main(["reproduce", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert EXPECTED <= set(R.recipes()) and all(name in listing for name in EXPECTED)
+    cfg = ReproduceConfig("x", scale="smoke", out=str(tmp_path))
+    for name, recipe in R.recipes().items():
+        stages = {s["name"]: s for s in recipe["stages"]}
+        assert len(stages) == len(recipe["stages"]), f"{name}: two stages share a name"
+        for row in recipe["rows"]:
+            assert row["stage"] in stages, f"{name}: row {row['row']!r} names no stage"
+            assert row["paper"] is None or isinstance(row["paper"], float), f"{name}: {row}"
+        data = {role: str(tmp_path) for role in recipe["needs"]}
+        for stage in recipe["stages"]:  # every stage's config is valid for its command, at both scales
+            for scale in ("smoke", "full"):
+                c = ReproduceConfig(name, scale=scale, out=str(tmp_path))
+                R.stage_config(c, stage, stage.get("splits", [None])[0], data, R._Placeholder())
+    assert cfg.scale == "smoke"
+
+
+@pytest.mark.parametrize("name", ["3drotnet-table3", "vcop-table1"])
+def test_a_recipe_at_smoke_scale_writes_a_complete_table_and_resumes(name, tmp_path, capsys):
+    out = tmp_path / name
+    args = ["reproduce", name, "--scale", "smoke", "--out", str(out), "--data", str(tmp_path / "data")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    table = json.load(open(out / "table.json"))
+    recipe = R.recipes()[name]
+    assert table["title"].startswith("SMOKE TEST") and "NOT a reproduction" in printed
+    assert [r["row"] for r in table["rows"]] == [r["row"] for r in recipe["rows"]]
+    for row in table["rows"]:
+        float(row["ours"].split()[0])  # a number, for every row
+        assert row["paper"] != "-" and row["difference"].startswith(("+", "-")) and row["source"].startswith("Table")
+    assert len(table["times"]) == len(recipe["stages"]) and "Wall time per stage" in open(out / "table.md").read()
+    # Again: every stage is read back, none is run.
+    assert main(args) == 0
+    assert f"[{name}]" not in capsys.readouterr().out
+    # A stage whose record is gone (a killed run) runs again, alone.
+    last = recipe["stages"][-1]["name"]
+    os.remove(out / last / "stage.json")
+    assert main(args) == 0
+    reran = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"[{name}]")]
+    assert reran == [f"[{name}] {last}: vidssl {recipe['stages'][-1]['command']}"]
+    # Changed settings are refused, never mixed in.
+    assert main([*args, "--seeds", "3"]) == 2 or name == "vcop-table1"  # (vcop-table1 has no fine-tuning)
+    assert main(["reproduce", "nope", "--scale", "smoke"]) == 2
+
+
+def test_full_scale_prints_the_expected_time_from_measured_steps(tiny_synth, tmp_path, monkeypatch, capsys):
+    os.symlink(tiny_synth, tmp_path / "UCF101")
+    cfg = ReproduceConfig("vcop-table1", data=str(tmp_path), out=str(tmp_path / "out"))
+    recipe = R.recipes()["vcop-table1"]
+    monkeypatch.setattr(R, "seconds_per_clip", lambda stage_cfg, command: 0.5)
+    hours = R.expected_time(cfg, recipe, R._data_roots(cfg, recipe["needs"]))
+    printed = capsys.readouterr().out
+    # clip order: 300 epochs of 18 // 8 = 2 steps of 8 tuples at 0.5 s a tuple, for each of 3 backbones
+    assert "600" in printed and "4.00" in printed and hours == pytest.approx(3 * 600 * 8 * 0.5 / 3600)
+    monkeypatch.undo()
+    small = dict(backbone="r3d_10", width=0.25, clip_length=8, crop=32, device="cpu", channels_last=False)
+    from vidssl.config import FinetuneConfig, PretrainConfig
+
+    assert 0 < R.seconds_per_clip(PretrainConfig("d", task="clip_order", **small), "pretrain") < 60
+    assert 0 < R.seconds_per_clip(FinetuneConfig("d", **small), "finetune") < 60
