@@ -96,6 +96,13 @@ def test_retrieval_names_its_levels(tiny_synth, tmp_path, capsys):
     assert "VCOP Tables 2-3" in levels["video"] and "VCOP Tables 2-3" in capsys.readouterr().out
 
 
+def test_pretraining_on_a_given_number_of_videos(tiny_synth, tmp_path):
+    cfg = PretrainConfig(tiny_synth, out=str(tmp_path), clip_length=8, frame_size=(32, 32), crop=32, batch_size=2,
+                         iters=1, val_videos=0, max_videos=5, **TINY_NET)  # fmt: skip
+    pretrain(cfg)
+    assert json.load(open(tmp_path / "config.json"))["videos"]["train"] == 5  # of 12 (3DRotNet Table 4)
+
+
 def test_pretraining_resamples_videos_in_time_without_a_cache(tiny_synth, tmp_path):
     # clip order's 3 x 16 + 2 x 8 = 64 frames do not fit 40-frame videos; resampled to 64 they do
     cfg = PretrainConfig(tiny_synth, out=str(tmp_path), task="clip_order", frame_size=(24, 24), crop=16,
@@ -184,3 +191,47 @@ def test_finetune_presets_vcop_and_3drotnet(tiny_synth, pretrained, tmp_path, ca
     assert run["tested"]["checkpoint"] == "best" and run["tested"]["step"] == best["step"]
     assert main(["finetune", tiny_synth, *args, "--val-videos", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--test-checkpoint best needs validation videos" in capsys.readouterr().err
+
+
+def _image_statistics(x: torch.Tensor) -> torch.Tensor:
+    """Per clip: variance, gradient and Laplacian energy, mean magnitude, and directional gradient
+    contrasts (axis against axis, diagonal against axis, diagonal against diagonal)."""
+    x = x.mean(1)
+    e = lambda d: d.square().mean(dim=(1, 2, 3))
+    dx, dy = x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+    dd, da = x[..., 1:, 1:] - x[..., :-1, :-1], x[..., 1:, :-1] - x[..., :-1, 1:]
+    lap = 4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1] - x[..., 1:-1, :-2] - x[..., 1:-1, 2:]
+    return torch.stack([x.var(dim=(1, 2, 3)), e(dx) + e(dy), e(lap), x.abs().mean(dim=(1, 2, 3)), e(dx) - e(dy),
+                        e(dd) + e(da) - e(dx) - e(dy), e(dd) - e(da)], 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("noise", ["white", "smooth"])
+def test_resampled_rotations_leave_no_trace_of_their_angle(noise):
+    """8-way: 0/90/180/270 were exact and 45/135/... blurred; a linear classifier on image
+    statistics told them apart 96-100% of the time. Now every angle is resampled alike."""
+    from vidssl.probe import linear_probe
+    from vidssl.tasks import RotationTask
+
+    task = RotationTask(16, "8way")
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randn(150, 3, 2, 64, 64, generator=g)
+    if noise == "smooth":
+        clips = torch.nn.functional.avg_pool3d(clips, (1, 3, 3), 1, (0, 1, 1))
+    x, y = task.make_batch(clips, g)  # every clip at every angle: 1,200 inputs
+    stats = _image_statistics(x)
+    perm = torch.randperm(len(y), generator=g)
+    a, b = perm[: len(y) // 2], perm[len(y) // 2 :]
+    eight = (linear_probe(stats[a], y[a], stats[b], 8) == y[b]).float().mean().item()
+    diagonal = (linear_probe(stats[a], y[a] % 2, stats[b], 2) == y[b] % 2).float().mean().item()
+    assert eight < 0.125 + 0.06 and diagonal < 0.5 + 0.08, (eight, diagonal)  # chance, within ~3 std
+
+
+def test_regression_inputs_are_band_limited_alike():
+    from vidssl.tasks import RotationTask
+
+    g = torch.Generator().manual_seed(1)
+    x, _ = RotationTask(16, "360").make_batch(torch.randn(8, 3, 2, 64, 64, generator=g), g)
+    spectrum = torch.fft.rfft2(x).abs().square()
+    h, w = x.shape[-2:]
+    r = ((torch.fft.rfftfreq(w) * 2).view(1, -1) ** 2 + (torch.fft.fftfreq(h).abs() * 2).view(-1, 1) ** 2).sqrt()
+    assert spectrum[..., r > 0.6].sum() < 0.02 * spectrum.sum()  # (crop edges leak a little)

@@ -12,9 +12,9 @@ from vidssl.cli import main
 from vidssl.config import ReproduceConfig
 
 EXPECTED = {  # every table and figure the recipes cover, by recipe name
-    "3drotnet-table1", "3drotnet-table2", "3drotnet-table3", "3drotnet-table5", "3drotnet-table6",
-    "3drotnet-table7", "3drotnet-fig4a", "3drotnet-rotations", "vcop-table1", "vcop-table2", "vcop-table3",
-    "vcop-table4",
+    "3drotnet-table1", "3drotnet-table2", "3drotnet-table3", "3drotnet-table4", "3drotnet-table5", "3drotnet-table6",
+    "3drotnet-table7", "3drotnet-fig4a", "3drotnet-fig4b", "3drotnet-rotations", "vcop-table1", "vcop-table2",
+    "vcop-table3", "vcop-table4", "vcop-fig6",
 }  # fmt: skip
 
 
@@ -63,6 +63,10 @@ def test_a_recipe_at_smoke_scale_writes_a_complete_table_and_resumes(name, tmp_p
     # Changed settings are refused, never mixed in.
     assert main([*args, "--seeds", "3"]) == 2 or name == "vcop-table1"  # (vcop-table1 has no fine-tuning)
     assert main(["reproduce", "nope", "--scale", "smoke"]) == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("a user's folder")
+    assert main(["reproduce", name, "--scale", "smoke", "--data", str(tmp_path / "mine"), "--out", str(out)]) == 2
+    assert "give a new or empty folder" in capsys.readouterr().err and os.listdir(tmp_path / "mine") == ["precious.txt"]
 
 
 def test_full_scale_prints_the_expected_time_from_measured_steps(tiny_synth, tmp_path, monkeypatch, capsys):

@@ -166,6 +166,7 @@ class PretrainConfig(TaskOptions, LoopOptions, DataOptions, TrainRuntimeOptions)
     resample: Positive[int] | None = None  # evenly resample every video to N frames first (3DRotNet: 160 Kinetics, 90 MiT); a cache made with --resample sets it
     val_videos: NonNegative[int] = 800  # training videos held out for validation (VCOP), at most 10% of the dataset
     data_fraction: Fraction = 1.0  # pretrain on a seeded fraction of the videos (3DRotNet Table 4)
+    max_videos: Positive[int] | None = None  # pretrain on at most N videos, a seeded subset (3DRotNet Table 4: 100,000 / 200,000 / 400,000)
     keep_every: NonNegative[int] = 0  # also keep checkpoints/stepNNNNNNN every N steps (eval-pretext series; 0: never)
     seed: int = 0  # the same seed gives the same run on one machine
 
@@ -330,7 +331,7 @@ class DemoConfig:
 @dataclass
 class ReproduceConfig:
     name: Annotated[str | None, Positional, arg(metavar="NAME")] = None  # the recipe, named after its paper table (`--list` shows them)
-    data: str | None = None  # folder holding the datasets: ROOT/UCF101, ROOT/HMDB51, ROOT/kinetics, ROOT/mit (a ROOT/X-cache beside one is used); smoke scale: the embedded dataset
+    data: str | None = None  # folder holding the datasets: ROOT/UCF101, ROOT/HMDB51, ROOT/kinetics, ROOT/mit (a ROOT/X-cache beside one is used); smoke scale: where the embedded dataset is written (unset: beside --out)
     scale: Literal["full", "smoke"] = "full"  # full: the paper's protocol (GPU, real data); smoke: the same stages at CPU size on the embedded dataset, in minutes
     out: str | None = None  # output folder: one folder per stage, table.md, table.json; unset: runs/reproduce/NAME[-smoke]
     seeds: str | None = None  # comma-separated seeds for every fine-tuning stage; unset: the recipe's

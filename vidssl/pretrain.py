@@ -83,7 +83,7 @@ def pretrain(cfg: PretrainConfig) -> str:
     size = full.size
     if size is not None and min(size) < cfg.crop:
         raise ValueError(f"--crop {cfg.crop} is larger than the frames ({size[0]}x{size[1]})")
-    train_idx, val_idx = split_videos(len(full), cfg.val_videos, cfg.data_fraction, cfg.seed)
+    train_idx, val_idx = split_videos(len(full), cfg.val_videos, cfg.data_fraction, cfg.seed, cfg.max_videos)
     train_set = full.select(train_idx)
     val_set = full.select(val_idx, transform=eval_transform(cfg.crop), seed=cfg.seed + 1) if val_idx else None
 

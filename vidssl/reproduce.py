@@ -31,18 +31,19 @@ from .report import format_table
 # CPU-sized settings of the smoke scale, per command, over each stage's own (clip lengths halved).
 SMOKE = {
     "pretrain": dict(width=0.25, frame_size=[40, 40], crop=32, batch_size=4, iters=6, lr=0.01, val_videos=4,
-                     interval=4, workers=0, progress=False, tensorboard=False, channels_last=False, keep_every=3),
+                     interval=4, workers=0, progress=False, tensorboard=False, channels_last=False, keep_every=1),
     "finetune": dict(width=None, frame_size=[40, 40], crop=32, batch_size=4, iters=6, epochs=None, test_clips=2,
                      workers=0, progress=False, tensorboard=False, channels_last=False),
     "retrieve": dict(width=0.25, frame_size=[40, 40], crop=32, clips=2, batch_size=4, progress=False),
     "eval-pretext": dict(batch_size=4, progress=False),
     "fuse": {},
+    "visualize": dict(queries=3),
 }  # fmt: skip
 SMOKE_DATA = C.SynthConfig(classes=4, groups=6, clips=3, frames=72, height=48, width=64)
 ROLES = {"kinetics": ("kinetics", "Kinetics"), "mit": ("mit", "MiT"), "ucf101": ("UCF101", "ucf101"),
          "hmdb51": ("HMDB51", "hmdb51")}  # fmt: skip
 CLASSES = {"pretrain": "PretrainConfig", "finetune": "FinetuneConfig", "retrieve": "RetrieveConfig",
-           "eval-pretext": "EvalPretextConfig", "fuse": "FuseConfig"}  # fmt: skip
+           "eval-pretext": "EvalPretextConfig", "fuse": "FuseConfig", "visualize": "VisualizeConfig"}  # fmt: skip
 
 
 def recipes() -> dict[str, dict]:
@@ -71,6 +72,8 @@ def _data_roots(cfg: ReproduceConfig, needs: list[str]) -> dict[str, str]:
     """Where each dataset a recipe needs is: all of them the embedded dataset at smoke scale."""
     if cfg.scale == "smoke":
         root = cfg.data or os.path.join(os.path.dirname(cfg.out.rstrip("/")) or ".", "smoke-data")
+        if os.path.isdir(root) and os.listdir(root) and not os.path.isdir(os.path.join(root, "UCF-101")):
+            raise ValueError(f"{root}: smoke scale writes the embedded dataset into --data; give a new or empty folder")
         if not os.path.isdir(os.path.join(root, "UCF-101")):
             from .data.synth import generate
 
@@ -100,6 +103,8 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dic
     if command == "fuse":
         values.update(a=os.path.join(done[(stage["a"], split)]["folder"], "seed0"),
                       b=os.path.join(done[(stage["b"], split)]["folder"], "seed0"))  # fmt: skip
+    elif command == "visualize":  # a picture of an earlier stage's output (retrieval neighbours)
+        values.update(what=stage["what"], source=done[(stage["source"], split)]["folder"])
     else:
         values["dataset"] = data[stage["dataset"]]
         cache = os.path.join(values["dataset"] + "-cache")
@@ -111,8 +116,13 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dic
     if init:
         if init in ("scratch", "random"):
             source = init
-        elif init.endswith("/checkpoints"):  # every checkpoint it kept (eval-pretext series, Fig. 4b)
+        elif init.endswith("/checkpoints"):  # every checkpoint it kept (eval-pretext series)
             source = os.path.join(done[(init.split("/")[0], None)]["folder"], "checkpoints")
+        elif "@" in init:  # STAGE@F: the checkpoint it kept at fraction F of its steps (Fig. 4b)
+            name, frac = init.split("@")
+            entry = done[(name, None)]
+            step = round(float(frac) * entry.get("steps", 0))
+            source = os.path.join(entry["folder"], "checkpoints", f"step{step:07d}.json")
         else:
             source = done[(init, None)]["checkpoint"]
         values["init" if command != "eval-pretext" else "checkpoints"] = source
@@ -128,7 +138,7 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dic
         values = {k: v for k, v in values.items() if v is not None or k in ("epochs",)}
     if command == "finetune" and cfg.seeds:
         values["seeds"] = cfg.seeds
-    if command != "fuse":
+    if command not in ("fuse", "visualize"):
         values.update(device=cfg.device)
     values["out"] = _folder(cfg.out, stage, split)
     cls = getattr(C, CLASSES[command])
@@ -140,8 +150,13 @@ def _metrics(command: str, result, folder: str) -> dict:
     """The numbers a stage gives a table, in % (with per-seed values where there are seeds)."""
     if command == "pretrain":
         with open(os.path.join(folder, "summary.json")) as f:
-            val = json.load(f).get("val") or {}
-        return {"checkpoint": result, "metrics": {"val_acc": 100 * val.get("acc", float("nan"))}}
+            summary = json.load(f)
+        val = summary.get("val") or {}
+        return {
+            "checkpoint": result,
+            "steps": summary["steps"],
+            "metrics": {"val_acc": 100 * val.get("acc", float("nan"))},
+        }
     if command == "finetune":
         s = result["summary"]
         return {"metrics": {"video_top1": 100 * s["video_top1"]["mean"], "clip_top1": 100 * s["clip_top1"]["mean"]},
@@ -152,6 +167,8 @@ def _metrics(command: str, result, folder: str) -> dict:
         }
     if command == "eval-pretext":
         return {"metrics": {"pretext_acc": 100 * result[-1]["pretext_acc"]}}
+    if command == "visualize":
+        return {"picture": result, "metrics": {}}
     return {"metrics": {k: 100 * result[k] for k in ("a", "b", "fused")}}
 
 
@@ -172,6 +189,10 @@ def _run(command: str, stage_cfg):
         from .eval_pretext import eval_pretext
 
         return eval_pretext(stage_cfg)
+    if command == "visualize":
+        from .visualize import visualize
+
+        return visualize(stage_cfg)
     from .fuse import fuse
 
     return fuse(stage_cfg)
@@ -230,6 +251,10 @@ def table_rows(recipe: dict, done: dict) -> list[dict]:
     for row in recipe["rows"]:
         stage = next(s for s in recipe["stages"] if s["name"] == row["stage"])
         entries = [done[(stage["name"], sp)] for sp in stage.get("splits", [None])]
+        if row["metric"] == "picture":  # a figure without numbers: where its picture is
+            rows.append({"row": row["row"], "ours": entries[0]["picture"], "paper": "-", "difference": "-",
+                         "metric": "picture", "source": row.get("source", recipe["source"])})  # fmt: skip
+            continue
         if len(entries) == 1 and row["metric"] in entries[0].get("values", {}):
             values = entries[0]["values"][row["metric"]]  # one run per seed
         else:

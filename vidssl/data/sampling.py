@@ -108,11 +108,12 @@ def uniform_draw(index, seed: int) -> torch.Tensor:
     return torch.tensor([draw(i) for i in torch.as_tensor(index).tolist()], dtype=torch.float32)
 
 
-def split_videos(n: int, val: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_videos(n: int, val: int, fraction: float, seed: int, limit: int | None = None) -> tuple[list[int], list[int]]:
     """Seeded (train, validation) video indices: ``val`` held out (at most 10% of ``n``), then a
-    ``fraction`` of the rest kept (pretraining on less data, 3DRotNet Table 4)."""
+    ``fraction`` of the rest kept, at most ``limit`` videos (pretraining on less data, 3DRotNet Table 4)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     val = min(val, n // 10)
     held, rest = sorted(order[:val]), order[val:]
     keep = max(1, round(len(rest) * fraction))
+    keep = min(keep, limit) if limit else keep
     return sorted(rest[:keep]), held
