@@ -35,6 +35,10 @@ def test_every_recipe_is_listed_and_well_formed(tmp_path, capsys):
                 c = ReproduceConfig(name, scale=scale, out=str(tmp_path))
                 R.stage_config(c, stage, stage.get("splits", [None])[0], data, R._Placeholder())
     assert cfg.scale == "smoke"
+    # a preset's unset option stays unset at smoke scale (VCOP's validation videos: 800 / 400, capped)
+    vcop = next(s for s in R.recipes()["vcop-table4"]["stages"] if s.get("preset") == "vcop")
+    ft = R.stage_config(cfg, vcop, 1, {"ucf101": "d", "hmdb51": "d"}, R._Placeholder())
+    assert ft.val_videos is None and ft.test_checkpoint == "best" and ft.iters == 6
 
 
 @pytest.mark.parametrize("name", ["3drotnet-table3", "vcop-table1"])

@@ -28,7 +28,8 @@ from . import config as C
 from .config import ReproduceConfig
 from .report import format_table
 
-# CPU-sized settings of the smoke scale, per command, over each stage's own (clip lengths halved).
+# CPU-sized settings of the smoke scale, per command, over each stage's own (clip lengths halved;
+# None: the option is left unset).
 SMOKE = {
     "pretrain": dict(width=0.25, frame_size=[40, 40], crop=32, batch_size=4, iters=6, lr=0.01, val_videos=4,
                      interval=4, workers=0, progress=False, tensorboard=False, channels_last=False, keep_every=1),
@@ -130,12 +131,15 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dic
         values["split"] = split
     if cfg.scale == "smoke":
         length = values.get("clip_length") or 16
-        values.update(SMOKE[command])
+        for k, v in SMOKE[command].items():  # None: leave the option unset
+            if v is None:
+                values.pop(k, None)
+            else:
+                values[k] = v
         if command in ("pretrain", "finetune", "retrieve"):
             values["clip_length"] = max(4, length // 2)
         if values.get("init") == "scratch" or values.get("init") == "random":
             values["width"] = 0.25
-        values = {k: v for k, v in values.items() if v is not None or k in ("epochs",)}
     if command == "finetune" and cfg.seeds:
         values["seeds"] = cfg.seeds
     if command not in ("fuse", "visualize"):
