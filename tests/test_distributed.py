@@ -27,13 +27,20 @@ def run_under_torchrun(commands: list[list[str]], tmp_path) -> subprocess.Comple
     """One 2-process torchrun that runs each vidssl command line in turn (one process group)."""
     script = tmp_path / "many.py"
     script.write_text(
-        "import json, sys\nfrom vidssl.cli import main\n"
+        "import json, sys\nimport torch.distributed as dist\nfrom vidssl.cli import main\n"
         "for args in json.loads(sys.argv[1]):\n    assert main(args) == 0, args\n"
+        "if dist.is_initialized():\n    dist.destroy_process_group()\n"
     )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            json.dumps(commands)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _failure(r: subprocess.CompletedProcess) -> str:
+    """What the ranks said before torchrun's summary (its tail alone hides the cause)."""
+    head = r.stderr.split('Traceback (most recent call last):\n  File "<frozen runpy>"')[0]
+    return head[-4000:] + "\n...\n" + r.stderr[-1500:]
 
 
 def test_commands_under_torchrun_give_what_one_process_gives(tiny_synth, pretrained, tmp_path, capsys):
@@ -49,7 +56,7 @@ def test_commands_under_torchrun_give_what_one_process_gives(tiny_synth, pretrai
         + [fill(args, two / name) for args, name in ((RETRIEVE, "rt"), (PROBE, "pr"), (EVAL_PRETEXT, "ep"))],
         tmp_path,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, _failure(r)
     assert r.stdout.count("over 1 seed(s)") == 1 and r.stdout.count("linear probe top-1") == 1  # rank 0 alone prints
 
     # Fine-tuning (frozen backbone: only the new layer trains, batch norm keeps its statistics).
@@ -92,3 +99,16 @@ def test_preprocess_shards_make_the_whole_cache(tiny_synth, tmp_path, capsys):
     assert all(open(whole / f, "rb").read() == open(parts / f, "rb").read() for f in files(whole))
     assert main(["preprocess", tiny_synth, "--out", str(parts), "--shard", "3/2", *args]) == 2
     assert "--shard takes I/N with 1 <= I <= N" in capsys.readouterr().err
+
+
+def test_a_recipe_under_torchrun(tmp_path):
+    """Every stage runs in one process group; rank 0 alone writes the smoke dataset, the records
+    and the table (two ranks writing the dataset at once once collided on its temporary files)."""
+    out = tmp_path / "recipe"
+    args = ["reproduce", "vcop-table1", "--scale", "smoke", "--out", str(out), "--data", str(tmp_path / "data")]
+    r = run_under_torchrun([args], tmp_path)
+    assert r.returncode == 0, _failure(r)
+    assert r.stdout.count("[vcop-table1] pretrain-c3d: vidssl pretrain") == 1  # printed by rank 0 alone
+    table = json.load(open(out / "table.json"))
+    assert [row["row"] for row in table["rows"]] == ["C3D", "R3D", "R(2+1)D"]
+    assert json.load(open(out / "pretrain-c3d" / "summary.json"))["world_size"] == 2

@@ -75,10 +75,11 @@ def _data_roots(cfg: ReproduceConfig, needs: list[str]) -> dict[str, str]:
         root = cfg.data or os.path.join(os.path.dirname(cfg.out.rstrip("/")) or ".", "smoke-data")
         if os.path.isdir(root) and os.listdir(root) and not os.path.isdir(os.path.join(root, "UCF-101")):
             raise ValueError(f"{root}: smoke scale writes the embedded dataset into --data; give a new or empty folder")
-        if not os.path.isdir(os.path.join(root, "UCF-101")):
+        if not os.path.isdir(os.path.join(root, "UCF-101")) and _main():  # one process writes it
             from .data.synth import generate
 
             generate(root, SMOKE_DATA, progress=False)
+        _barrier()
         return {role: root for role in needs}
     if not cfg.data:
         raise ValueError("--scale full needs --data ROOT, the folder holding the datasets (ROOT/UCF101, ...)")
@@ -283,6 +284,10 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     if cfg.name not in all_recipes:
         raise ValueError(f"unknown recipe {cfg.name!r}; `vidssl reproduce --list` shows them")
     recipe = all_recipes[cfg.name]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process group for every stage
+        from .runtime import init_distributed
+
+        init_distributed()
     if cfg.out is None:
         name = cfg.name + ("-smoke" if cfg.scale == "smoke" else "")
         cfg = dataclasses.replace(cfg, out=os.path.join("runs", "reproduce", name))
