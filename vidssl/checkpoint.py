@@ -226,7 +226,9 @@ class EncoderInfo:
     @property
     def frames(self) -> int:
         """Frames a loader reads per clip (DIF needs one more)."""
-        return self.clip_length + (1 if self.modality == "dif" else 0)
+        from .data.transforms import clip_frames
+
+        return clip_frames(self.clip_length, self.modality)
 
 
 def load_encoder(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, EncoderInfo]:

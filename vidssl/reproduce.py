@@ -26,7 +26,7 @@ import yaml
 
 from . import config as C
 from .config import ReproduceConfig
-from .report import format_table
+from .report import format_table, markdown_table
 
 # CPU-sized settings of the smoke scale, per command, over each stage's own (clip lengths halved;
 # None: the option is left unset).
@@ -318,8 +318,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
         json.dump(result, f, indent=1)
     with open(os.path.join(cfg.out, "table.md"), "w") as f:
         f.write(f"# {title}\n\n{recipe.get('what', '')}\n\n")
-        f.write("\n".join(_md(rows, ["row", "ours", "paper", "difference", "source"])) + "\n\n")
-        f.write("Wall time per stage (s):\n\n" + "\n".join(_md(times, ["stage", "seconds"])) + "\n")
+        f.write("\n".join(markdown_table(rows, ["row", "ours", "paper", "difference", "source"])) + "\n\n")
+        f.write("Wall time per stage (s):\n\n" + "\n".join(markdown_table(times, ["stage", "seconds"])) + "\n")
     return result
 
 
@@ -410,9 +410,3 @@ class _Placeholder(dict):
 
 def _named(done: dict) -> dict:
     return {n + (f"-split{sp}" if sp else ""): e for (n, sp), e in done.items()}
-
-
-def _md(rows, cols):
-    from .report import markdown_table
-
-    return markdown_table(rows, cols)

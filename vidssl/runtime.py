@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import backbones
+from .data.transforms import memory_format
 
 log = logging.getLogger("vidssl")
 
@@ -135,10 +136,7 @@ class Runtime:
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         """A batch on the device, in the model's memory layout."""
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.dim() == 5:
-            return x.contiguous(memory_format=torch.channels_last_3d)
-        return x
+        return memory_format(x.to(self.device, non_blocking=True), self.channels_last)
 
     def prepare(self, model: nn.Module, train: bool = False) -> nn.Module:
         """``model`` on the device in its memory layout; for training, SyncBatchNorm under multi-GPU
