@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/vidssl demo
+	$(BIN)/vidssl demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -81,7 +81,7 @@ def test_cache_settings_are_checked(tmp_path, make_video):
 def test_corrupt_cache_entry_is_a_clear_error(tmp_path):
     bad = tmp_path / "x.avi.jpgs"
     bad.write_bytes(b"garbage" * 3)
-    with pytest.raises(VideoError, match="preprocess again"):
+    with pytest.raises(VideoError, match="damaged cache entry"):
         CachedVideo(str(bad), "jpeg")
 
 

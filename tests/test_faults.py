@@ -102,6 +102,7 @@ def datasets(tmp_path_factory):
     fv = os.path.join(faulty, "UCF-101")
     sample = os.path.join(fv, a, f"v_{a}_g02_c01.avi")
     open(os.path.join(fv, a, f"v_{a}_g04_c01.avi"), "wb").close()  # zero bytes
+    open(os.path.join(fv, a, f"v_{a}_g04_c04.avi"), "wb").close()  # zero bytes, a test entry
     open(os.path.join(fv, a, f"v_{a}_g04_c02.avi"), "w").write("a text file renamed .avi\n" * 40)
     data = open(sample, "rb").read()
     open(os.path.join(fv, b, f"v_{b}_g04_c01.avi"), "wb").write(data[: len(data) // 3])  # truncated
@@ -117,7 +118,7 @@ def datasets(tmp_path_factory):
     }
     bad_test = {
         f"{b}/v_{b}_g04_c02.avi": "decoding failed",  # probes whole; fails when read
-        f"{a}/v_{a}_g04_c01.avi": "empty file",
+        f"{a}/v_{a}_g04_c04.avi": "empty file",
     }
     _append(os.path.join(_lists(faulty), "trainlist01.txt"), list(bad_train))
     _append(os.path.join(_lists(faulty), "testlist01.txt"), list(bad_test))

@@ -132,8 +132,8 @@ def test_checkpoints_logs_and_rebuilding_from_the_file(small_synth, tmp_path):
     header = open(out / "log.csv").readline().strip().split(",")
     assert header[:5] == ["step", "epoch", "split", "loss", "acc"] and "clips_per_s" in header and "lr" in header
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tb"))
-    # a run of another model refuses to resume from these checkpoints
-    with pytest.raises(checkpoint.CheckpointError, match="another model: backbone 'r3d_10'"):
+    # a run of another model refuses to resume from these checkpoints, naming both values
+    with pytest.raises(ValueError, match=r"--backbone 'c3d' \(the run has 'r3d_10'\)"):
         pretrain(
             PretrainConfig(
                 small_synth, out=str(out), task="rotation", iters=8, resume=True, **{**FAST, "backbone": "c3d"}
@@ -173,7 +173,7 @@ def test_bad_settings_give_clear_errors(small_synth, tmp_path, capsys):
         assert main(["pretrain", small_synth, *args]) == 2
         assert words in capsys.readouterr().err
     assert main(["pretrain", small_synth, "--out", str(tmp_path), "--width", "-1"]) == 2
-    assert "--width must be positive" in capsys.readouterr().err
+    assert "--width must be in (0, 4]" in capsys.readouterr().err
 
 
 def test_ddp_two_processes_with_torchrun(small_synth, tmp_path):

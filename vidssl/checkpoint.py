@@ -115,11 +115,26 @@ def _write_new(path: str, model: nn.Module, meta: dict, optimizer) -> None:
     write_atomic(new + ".json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
+# What the JSON of a checkpoint must hold, checked on every read: a hand-edited or damaged file is
+# one line naming the key, never a TypeError deep inside a command.
+META_TYPES = (
+    ("backbone", str, "a backbone name"),
+    ("width", (int, float), "a number"),
+    ("step", int, "an integer"),
+    ("kind", str, "text"),
+    ("task", (str, type(None)), "a task name"),
+    ("config", dict, "a mapping of options"),
+    ("metrics", dict, "a mapping of numbers"),
+)
+
+
 def read_meta(path: str) -> dict:
     """The JSON of a checkpoint; refuses anything that is not a complete vidssl checkpoint."""
     jpath = _json_path(path)
     base = jpath[: -len(".json")]
     finish_save(base)  # a save killed half-way through its renames
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a folder; name a checkpoint in it (e.g. {os.path.join(path, 'best.json')})")
     if not os.path.isfile(jpath):
         if path.endswith((".pt", ".pth", ".ckpt", ".tar", ".pkl")):
             raise CheckpointError(
@@ -132,8 +147,15 @@ def read_meta(path: str) -> dict:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{jpath}: unreadable checkpoint metadata ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{jpath}: not a vidssl checkpoint (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{jpath}: not a vidssl checkpoint (format {got!r})")
+    for key, types, words in META_TYPES:
+        if key in meta and not isinstance(meta[key], types):
+            raise CheckpointError(
+                f"{jpath}: {key!r} is {meta.get(key)!r}, not {words}; the file was edited or damaged "
+                "(rewrite it from a copy, or retrain)"
+            )
     if not os.path.isfile(base + ".safetensors"):
         raise CheckpointError(f"{base}.safetensors: weights missing beside {jpath}")
     return meta
@@ -196,15 +218,42 @@ def load_backbone(path: str, device: str | torch.device = "cpu") -> tuple[nn.Mod
     from . import backbones
 
     meta, weights = load_weights(path)
+    if "backbone" not in meta or "width" not in meta:
+        raise CheckpointError(f"{_json_path(path)}: names no backbone and width; not a checkpoint of a network")
+    if meta["backbone"] not in backbones.names():
+        raise CheckpointError(
+            f"{_json_path(path)}: unknown backbone {meta['backbone']!r} (known: {', '.join(backbones.names())})"
+        )
     model = backbones.build(meta["backbone"], meta["width"])
     sub = {k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")}
-    missing, unexpected = model.load_state_dict(sub, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{_json_path(path)}: weights do not fit {meta['backbone']} "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+    load_strictly(model, sub, f"{_json_path(path)}: weights do not fit {meta['backbone']} x{meta['width']}")
+    check_finite(sub, _json_path(path)[: -len(".json")] + ".safetensors")
     return model.to(device), meta
+
+
+def load_strictly(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict(strict=True)`` with one error that lists what does not fit: missing and
+    unexpected keys, and keys whose shapes differ (torch raises those as a RuntimeError)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in weights and weights[k].shape != v.shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        named = (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+        parts = [f"{name} {items[:4]}{' ...' * (len(items) > 4)} ({len(items)})" for name, items in named if items]
+        raise CheckpointError(f"{where}: " + "; ".join(parts))
+    model.load_state_dict(weights)
+
+
+def check_finite(weights: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or inf: every feature and score made from them would be too."""
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{where}: {len(bad)} of {len(weights)} tensors hold NaN/inf (e.g. {bad[0]}); the run that wrote it "
+            "diverged: use an earlier checkpoint, or train again with a lower --lr"
+        )
 
 
 @dataclass
@@ -266,15 +315,16 @@ def load_pretext_model(path: str, device: str | torch.device = "cpu"):
     meta, weights = load_weights(path)
     if meta.get("kind") != "pretrain":
         raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint, not a pretraining one")
+    from .fields import from_plain
+
     known = {f.name for f in dataclasses.fields(PretrainConfig)}
-    values = {k: v for k, v in meta["config"].items() if k in known}
-    if values.get("frame_size") is not None:
-        values["frame_size"] = tuple(values["frame_size"])
-    cfg = PretrainConfig(**values)
+    values = {k: v for k, v in (meta.get("config") or {}).items() if k in known}
+    try:
+        cfg = from_plain(PretrainConfig, values, _json_path(path))
+    except ValueError as e:
+        raise CheckpointError(f"{e} (in the checkpoint's config)") from None
     backbone = backbones.build(meta["backbone"], meta["width"])
     model = PretextModel(backbone, build_task(cfg, backbone.num_features))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the model it names ({str(e).splitlines()[0]})") from None
+    load_strictly(model, weights, f"{_json_path(path)}: weights do not fit the model it names")
+    check_finite(weights, _json_path(path)[: -len(".json")] + ".safetensors")
     return model.to(device).eval(), cfg

@@ -16,6 +16,7 @@ import os
 import sys
 
 from . import __version__
+from .errors import error_line, signals_end_the_command, user_errors
 
 # name -> (config class in vidssl.config, runner, one-line help)
 COMMANDS = {
@@ -40,16 +41,6 @@ CONFIG_HELP = (
     "Every run stores its config as OUT/config.yaml. --preset NAME starts from a built-in config "
     "(finetune: 3drotnet, vcop; a --config file and flags override it)."
 )
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: one line, exit code 2, no traceback (VIDSSL_DEBUG=1 shows it)."""
-    from .checkpoint import CheckpointError
-    from .data.splits import SplitError
-    from .data.video import VideoError
-
-    return (VideoError, SplitError, CheckpointError, FileNotFoundError, NotADirectoryError, FileExistsError,
-            ValueError, FloatingPointError)  # fmt: skip
 
 
 def top_help() -> str:
@@ -152,6 +143,16 @@ def parse_command(name: str, args: list[str]):
     if path:
         values.update(read_config_file(path))
     where = path or f"preset {name_of_preset}"
+    if (
+        name in ("pretrain", "finetune") and "--resume" in args
+    ):  # the run's own settings; flags are checked against them
+        from .runs import stored_config
+
+        _, out = _take(args, "--out", True)
+        out = out or values.get("out") or cls.__dataclass_fields__["out"].default
+        stored = stored_config(out)
+        if stored:
+            values, where = {**stored, **values}, os.path.join(out, "config.yaml")
     default = config.from_plain(cls, values, where, partial=True) if values else None
 
     def hook(event):
@@ -210,26 +211,30 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; did you mean {near[0]!r}?" if near else f" (choose from {', '.join(COMMANDS)})"
         print(f"vidssl: error: unknown command {name!r}{hint}", file=sys.stderr)
         return 2
-    try:
-        from .config import check_ranges, dump_config
+    with signals_end_the_command(name):
+        try:
+            from .config import check_ranges, dump_config
 
-        cfg, show = parse_command(name, argv[1:])
-        check_ranges(cfg)
-        if show:
-            print(dump_config(resolved(name, cfg), name), end="")
-            return 0
-        globals()[COMMANDS[name][1]](cfg)
-    except ArgError as e:
-        print(f"vidssl {name}: error: {e} (`vidssl {name} --help` lists the options)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vidssl: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if os.environ.get("VIDSSL_DEBUG") or not isinstance(e, user_errors()):  # imports torch: only on errors
-            raise
-        print(f"vidssl {name}: error: {e}", file=sys.stderr)
-        return 2
+            cfg, show = parse_command(name, argv[1:])
+            check_ranges(cfg)
+            if show:
+                print(dump_config(resolved(name, cfg), name), end="")
+                return 0
+            globals()[COMMANDS[name][1]](cfg)
+        except ArgError as e:
+            print(f"vidssl {name}: error: {e} (`vidssl {name} --help` lists the options)", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # raised outside the signal handler (Python callers, other threads)
+            if os.environ.get("VIDSSL_DEBUG"):
+                raise
+            resume = " (--resume continues from its last checkpoint)" if name in ("pretrain", "finetune") else ""
+            print(f"vidssl {name}: interrupted{resume}", file=sys.stderr)
+            return 130
+        except Exception as e:
+            if os.environ.get("VIDSSL_DEBUG") or not isinstance(e, user_errors()):  # imports torch: only on errors
+                raise
+            print(f"vidssl {name}: error: {error_line(e)}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -281,7 +286,9 @@ def run_stats(cfg) -> None:
 
     rows = dataset_stats(cfg)
     print(f"{cfg.dataset} ({rows[0]['kind']}, split {cfg.split})")
-    print(format_table(rows, STATS_COLUMNS))
+    print(format_table(rows, STATS_COLUMNS + (["stale_cache", "damaged_cache"] if cfg.cache else [])))
+    if cfg.cache and any(r["stale_cache"] or r["damaged_cache"] for r in rows):
+        print(f"`vidssl preprocess {cfg.dataset} {cfg.cache}` (same settings) makes stale and damaged entries again")
 
 
 def run_pretrain(cfg) -> None:

@@ -42,6 +42,7 @@ from .fields import (  # noqa: F401  (check_ranges, to_plain, ... are used throu
     Subset,
     TaskName,
     TriState,
+    Width,
     check_ranges,
     dump_config,
     from_plain,
@@ -115,7 +116,7 @@ class TaskOptions:
 class EncoderOptions:
     init: str = "random"  # a vidssl checkpoint (pretraining or fine-tuning), or random (the baseline)
     backbone: str = "r3d_10"  # backbone for --init random
-    width: Positive[float] = 1.0  # channel width for --init random
+    width: Width = 1.0  # channel width for --init random
     seed: int = 0  # seed of the random initialisation
     clips: Positive[int] = 10  # clips per video, evenly spaced, centre crop
     clip_length: Positive[int] | None = None  # frames per clip; unset: the checkpoint's, else 16
@@ -157,10 +158,11 @@ class PretrainConfig(TaskOptions, LoopOptions, DataOptions, TrainRuntimeOptions)
 
     dataset: Dataset = field(kw_only=False)  # dataset folder (UCF101/HMDB51/Kinetics layout or any folder of videos)
     out: str = "runs/pretrain"  # output folder: checkpoints/, log.csv, tb/, config.json, config.yaml
+    overwrite: bool = False  # OUT already holds a run: move it aside to OUT.old-N (else refused; --resume continues it)
     modality: Modality = "rgb"  # input: RGB frames or frame differences (DIF)
     clip_length: Positive[int] = 16  # frames per clip (16, 32, 64)
     backbone: str | None = None  # unset: resnet18_3d (rotation, joint), r3d_10 (clip order)
-    width: Positive[float] = 1.0  # backbone channel width multiplier (0.25 for CPU runs)
+    width: Width = 1.0  # backbone channel width multiplier (0.25 for CPU runs)
     flip: Probability = 0.5  # horizontal flip probability
     on_short: Literal["skip", "loop"] = "skip"  # videos too short for the clips: skip or loop them (clip tuples never loop)
     resample: Positive[int] | None = None  # evenly resample every video to N frames first (3DRotNet: 160 Kinetics, 90 MiT); a cache made with --resample sets it
@@ -189,8 +191,9 @@ class FinetuneConfig(LoopOptions, DataOptions, TrainRuntimeOptions):
     dataset: Dataset = field(kw_only=False)  # labelled dataset (UCF101/HMDB51/Kinetics layout)
     init: str = "scratch"  # a vidssl checkpoint (backbone loaded strictly), or scratch
     out: str = "runs/finetune"  # output folder: results.json, one folder per seed
+    overwrite: bool = False  # OUT already holds a run: move it aside to OUT.old-N (else refused; --resume continues it)
     backbone: str | None = None  # for --init scratch (unset: resnet18_3d); must match a checkpoint's
-    width: Positive[float] | None = None  # for --init scratch (unset: 1.0)
+    width: Width | None = None  # for --init scratch (unset: 1.0)
     frame_size: Size = (136, 136)  # HxW frames are resized to (3DRotNet; VCOP 128x171)
     flip: Probability = 0.5  # horizontal flip probability in training
     clip_length: Positive[int] | None = None  # frames per clip; unset: the checkpoint's, else 16
@@ -214,6 +217,7 @@ class RetrieveConfig(EncoderOptions, DataOptions, RuntimeOptions):
 
     dataset: Dataset = field(kw_only=False)  # dataset whose test videos query its training videos
     out: str = "runs/retrieve"  # output folder: results.json, features, neighbours.csv
+    overwrite: bool = False  # OUT holds results of other settings: move them aside to OUT.old-N (else refused)
     gallery: str | None = None  # another dataset whose training videos form the gallery (cross-dataset)
     gallery_cache: str | None = None  # frame cache of the gallery dataset
     feature: FeatureKind = "vcop"  # vcop: conv5 max-pooled (9216-d at 16x112x112); pooled: 512-d
@@ -229,6 +233,7 @@ class ProbeConfig(EncoderOptions, DataOptions, RuntimeOptions):
 
     dataset: Dataset = field(kw_only=False)  # labelled dataset (train split fits, test split scores)
     out: str = "runs/probe"  # output folder: probe.json and the cached features
+    overwrite: bool = False  # OUT holds results of other settings: move them aside to OUT.old-N (else refused)
     frame_size: Size = None  # HxW frames are resized to; unset: the checkpoint's, else 128x171 (VCOP)
     crop: Annotated[int, Range(8)] | None = None  # centre crop side; unset: the checkpoint's, else 112
     k: Positive[int] = 20  # neighbours of the k-NN classifier
@@ -240,6 +245,7 @@ class EvalPretextConfig(RuntimeOptions):
     checkpoints: Annotated[str, Positional, arg(metavar="CHECKPOINTS")] = field(kw_only=False)  # pretraining checkpoints, comma-separated, or a checkpoints/ folder (every one, by step)
     dataset: Dataset = field(kw_only=False)  # dataset to measure the pretext on (e.g. UCF101 after pretraining on Kinetics)
     out: str = "runs/eval-pretext"  # output folder: pretext.csv, pretext.json
+    overwrite: bool = False  # OUT holds results of other settings: move them aside to OUT.old-N (else refused)
     kind: Kind = "auto"  # dataset layout
     split: Annotated[int, Range(1, 3, words="must be 1, 2 or 3")] = 1  # official split
     subset: Subset = "test"  # which videos
@@ -316,13 +322,14 @@ class SynthCommand(SynthConfig):
 class InfoConfig:
     frames: Positive[int] = 16  # clip length T
     size: Size = (112, 112)  # clip HxW
-    width: Positive[float] = 1.0  # channel width multiplier
+    width: Width = 1.0  # channel width multiplier
     backbone: str | None = None  # one backbone; unset: all
 
 
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"  # output folder: dataset, cache, runs, pictures, report.md/html/json
+    overwrite: bool = False  # OUT already holds a demo: move it aside to OUT.old-N (else refused)
     quick: bool = False  # a tiny version (under 2 minutes) that checks every stage, not the numbers
     seed: int = 0  # seed of every stage
     workers: NonNegative[int] = 0  # parallel processes for generation and caching (0: one per core)

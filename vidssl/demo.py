@@ -20,11 +20,13 @@ import time
 
 from .config import DemoConfig, FinetuneConfig, PreprocessConfig, PretrainConfig, RetrieveConfig, SynthConfig
 from .data.synth import generate
+from .fields import to_plain
 from .finetune import finetune
 from .preprocess import preprocess
 from .pretrain import pretrain
 from .report import STYLE, format_table, html_table, markdown_table
 from .retrieval import retrieve
+from .runs import claim
 
 
 def _settings(quick: bool) -> dict:
@@ -76,6 +78,7 @@ class Stages:
 def demo(cfg: DemoConfig) -> dict:
     s = _settings(cfg.quick)
     out = cfg.out
+    claim(out, to_plain(cfg), command="demo", overwrite=cfg.overwrite)  # every stage below starts afresh
     data, cache = os.path.join(out, "synth"), os.path.join(out, "cache")
     frame = (s["frame"], s["frame"])
     common = dict(

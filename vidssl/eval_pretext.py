@@ -15,13 +15,14 @@ import torch
 from torch.utils.data import Subset
 
 from .checkpoint import load_pretext_model, read_meta
-from .config import EvalPretextConfig, PretrainConfig, check_ranges, write_config
+from .config import EvalPretextConfig, PretrainConfig, check_ranges, to_plain, write_config
 from .data.datasets import load_dataset
 from .data.loading import FailureLog
 from .data.loading import loader as data_loader
 from .data.sampling import sample_seed
 from .data.transforms import clip_frames, eval_transform, to_input
-from .runtime import Runtime
+from .runs import claim
+from .runtime import Runtime, launched_main
 from .tasks import PretextModel
 from .train import evaluate
 
@@ -70,9 +71,23 @@ def checkpoint_list(spec: str) -> list[str]:
     return sorted(paths, key=lambda p: (read_meta(p).get("step", 0), p))
 
 
+def downstream_top1(path: str) -> float:
+    """Video top-1 of a fine-tuning result file (results.json of finetune, or of one seed)."""
+    try:
+        with open(path) as f:
+            res = json.load(f)
+        top1 = res["summary"]["video_top1"]["mean"] if "summary" in res else res["video_top1"]
+        return float(top1)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"{path}: not a fine-tuning results.json (no video top-1: {e!r}); --downstream takes those"
+        ) from None
+
+
 def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
     """Pretext loss and accuracy of each checkpoint on a dataset, beside downstream accuracy if given."""
     check_ranges(cfg)
+    claim(cfg.out, to_plain(cfg), command="eval-pretext", overwrite=cfg.overwrite, rerun_ok=True, main=launched_main())
     rt = Runtime.setup(cfg)
     paths = checkpoint_list(cfg.checkpoints)
     downstream = [p.strip() for p in cfg.downstream.split(",")] if cfg.downstream else []
@@ -110,9 +125,7 @@ def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
             "pretext_acc": m["acc"],
         }
         if downstream:
-            with open(downstream[i]) as f:
-                res = json.load(f)
-            row["downstream_top1"] = res["summary"]["video_top1"]["mean"] if "summary" in res else res["video_top1"]
+            row["downstream_top1"] = downstream_top1(downstream[i])
         rows.append(row)
     if rt.main:
         write_config(cfg, cfg.out, "eval-pretext")

@@ -55,6 +55,10 @@ Positive = Annotated[T, Range(0, open_low=True)]
 NonNegative = Annotated[T, Range(0)]
 Probability = Annotated[float, Range(0, 1, words="is a probability: 0 to 1")]
 Fraction = Annotated[float, Range(0, 1, open_low=True)]
+# A channel multiplier: above 4 the network outgrows any machine (25 meant 0.25 ran out of 24 GiB).
+Width = Annotated[
+    float, Range(0, 4, open_low=True, words="must be in (0, 4]: a channel multiplier (0.25 is a quarter)")
+]
 
 
 def _parse_size(args: list[str]) -> tuple[int, int] | None:

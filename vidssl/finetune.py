@@ -20,14 +20,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import backbones
-from .checkpoint import CheckpointError, load_encoder, load_weights
+from .checkpoint import CheckpointError, load_encoder, load_weights, read_meta
 from .config import FinetuneConfig, check_ranges, to_plain, write_config
 from .data.datasets import detect_kind, load_dataset
 from .data.loading import FailureLog
 from .data.loading import loader as data_loader
 from .data.sampling import RandomClip, UniformClips, split_videos
 from .data.transforms import clip_frames, eval_transform, to_input, train_transform
-from .runtime import Runtime
+from .runs import claim
+from .runtime import Runtime, launched_main
 from .train import fit, loop_config
 
 log = logging.getLogger("vidssl")
@@ -227,7 +228,8 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
 
-    summary = fit(model, step_fn, train_set, val_set, loop, out, meta, rt, resume=cfg.resume)
+    resume = cfg.resume and os.path.isfile(os.path.join(out, "checkpoints", "last.json"))  # else: not started
+    summary = fit(model, step_fn, train_set, val_set, loop, out, meta, rt, resume=resume)
     tested = {"checkpoint": "last", "step": summary["steps"]}
     if cfg.test_checkpoint == "best":
         best_meta, weights = load_weights(summary["best"])
@@ -282,6 +284,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if cfg.freeze_until not in FREEZE:
         raise ValueError(f"--freeze-until must be one of {', '.join(FREEZE)}")
     seeds = parse_seeds(cfg.seeds)
+    if cfg.init != "scratch":
+        read_meta(cfg.init)  # a missing checkpoint is the first thing to say, before the run folder
+    claim(cfg.out, to_plain(cfg), command="finetune", resume=cfg.resume, overwrite=cfg.overwrite,
+          marker=os.path.join(cfg.out, "config.yaml"), main=launched_main())  # fmt: skip
     rt = Runtime.setup(cfg)
     if rt.main:
         write_config(cfg, cfg.out, "finetune")

@@ -24,10 +24,18 @@ def load_scores(path: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         path = os.path.join(path, "scores.safetensors")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no scores; pass a fine-tuning run folder (OUT/seedN) or its scores file")
-    t = load_file(path)
-    with safe_open(path, "pt") as f:
-        names = json.loads(f.metadata()["videos"])
-    return t["clip_probs"].mean(1), t["labels"], names
+    try:
+        t = load_file(path)
+        with safe_open(path, "pt") as f:
+            names = json.loads(f.metadata()["videos"])
+        probs, labels = t["clip_probs"].mean(1), t["labels"]
+    except Exception as e:  # safetensors' own errors, a missing key, bad JSON: all "not a scores file"
+        raise ValueError(
+            f"{path}: not a fine-tuning scores file ({str(e)[:80]}); pass OUT/seedN of a finetune run"
+        ) from None
+    if not torch.isfinite(probs).all():
+        raise FloatingPointError(f"{path}: the scores hold NaN/inf; the model that made them diverged")
+    return probs, labels, names
 
 
 def fuse(cfg: FuseConfig) -> dict:

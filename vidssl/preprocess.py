@@ -11,16 +11,18 @@ from multiprocessing import get_context
 from tqdm import tqdm
 
 from .config import PreprocessConfig, check_ranges
-from .data.cache import CacheSpec, FrameCache, decode_for_cache, write_entry
+from .data.cache import CacheSpec, FrameCache, decode_for_cache, source_stamp
 from .data.datasets import video_root
+from .data.loading import leave_signals_to_the_main_process
 from .data.video import VideoError, list_videos
 
 
 def _work(job):
-    path, dest, spec = job
+    path, rel, cache = job
     try:
-        frames = decode_for_cache(path, spec)
-        return "ok", path, write_entry(dest, frames, spec)
+        stamp = source_stamp(path)
+        frames = decode_for_cache(path, cache.spec)
+        return "ok", path, cache.write(rel, stamp, frames)
     except VideoError as e:
         return "bad", path, str(e)
 
@@ -49,7 +51,14 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         raise FileNotFoundError(f"{root}: no video files found")
     videos = sorted(videos)[index::count]
     cache = FrameCache.create(cfg.out, spec)
-    todo = [(os.path.join(root, rel), cache.entry(rel), spec) for rel in videos if not cache.has(rel)]
+    states = {rel: cache.check(rel, os.path.join(root, rel)) for rel in videos}
+    refresh = sum(state in ("stale", "damaged") for state in states.values())
+    if refresh:
+        tqdm.write(
+            f"vidssl: warning: {refresh} cache entries are stale or damaged (a video changed, or a write was cut): "
+            "made again"
+        )
+    todo = [(os.path.join(root, rel), rel, cache) for rel in videos if states[rel] != "fresh"]
     start = time.time()
     written, skipped = 0, {}
     bar = tqdm(
@@ -60,8 +69,9 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         results = map(_work, todo)
         pool = None
     else:
-        pool = get_context("fork").Pool(workers)
+        pool = get_context("fork").Pool(workers, initializer=leave_signals_to_the_main_process)  # else: a hang
         results = pool.imap_unordered(_work, todo, chunksize=1)
+    finished = False
     try:
         for status, path, value in results:
             if status == "ok":
@@ -70,10 +80,11 @@ def preprocess(cfg: PreprocessConfig) -> dict:
                 skipped[os.path.relpath(path, root)] = value
                 tqdm.write(f"vidssl: warning: skipping {value}")
             bar.update()
+        finished = True
     finally:
         bar.close()
-        if pool is not None:
-            pool.close()
+        if pool is not None:  # on Ctrl-C or an error: workers stopped now, not left running
+            pool.close() if finished else pool.terminate()
             pool.join()
     sizes = [os.path.getsize(cache.entry(rel)) for rel in videos if cache.has(rel)]
     report = {
@@ -83,6 +94,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         "videos": len(videos),
         "written_now": written,
         "already_cached": len(videos) - len(todo),
+        "refreshed": refresh,
         "skipped": len(skipped),
         "cached_bytes": sum(sizes),
         "bytes_per_video": sum(sizes) / max(len(sizes), 1),

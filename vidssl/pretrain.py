@@ -23,7 +23,8 @@ from .config import PretrainConfig, check_ranges, resolve_pretrain, to_plain, wr
 from .data.datasets import load_dataset
 from .data.sampling import sample_seed, split_videos
 from .data.transforms import clip_frames, eval_transform, to_input, train_transform
-from .runtime import Runtime
+from .runs import claim
+from .runtime import Runtime, launched_main
 from .tasks import PretextModel, build_task
 from .train import fit, loop_config
 
@@ -52,6 +53,9 @@ def task_seed(seed: int, step: int, rank: int = 0, world: int = 1) -> int:
 def pretrain(cfg: PretrainConfig) -> str:
     """Pretrain and return the path of the best checkpoint (by validation loss)."""
     cfg = resolve(cfg)
+    # Before anything is written: a second run never lands in the first one's folder, and a resumed
+    # run continues with the settings its checkpoints were made with.
+    claim(cfg.out, to_plain(cfg), command="pretrain", resume=cfg.resume, overwrite=cfg.overwrite, main=launched_main())
     rt = Runtime.setup(cfg)
     torch.manual_seed(cfg.seed)
     workers = cfg.workers if cfg.workers is not None else min(os.cpu_count() or 1, 8)
@@ -90,6 +94,11 @@ def pretrain(cfg: PretrainConfig) -> str:
     rt.announce()  # after the data checks: a run that cannot start ends with its one error line only
     model = rt.prepare(PretextModel(backbone, task), train=True)
     steps_per_epoch = len(train_set) // (cfg.batch_size * rt.world)
+    if steps_per_epoch == 0:  # said before anything is written, so the folder stays free for the next try
+        raise ValueError(
+            f"{len(train_set)} training videos do not fill one batch of {cfg.batch_size} "
+            f"on {rt.world} process(es); lower --batch-size"
+        )
     total = cfg.iters if cfg.iters is not None else cfg.epochs * max(steps_per_epoch, 1)
     loop = loop_config(
         cfg, batch_size=cfg.batch_size, total_steps=total, workers=workers, seed=cfg.seed, keep_every=cfg.keep_every

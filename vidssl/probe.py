@@ -60,14 +60,18 @@ def linear_probe(
 def probe(cfg: ProbeConfig) -> dict:
     """Fit both classifiers on the training videos' features, score the test videos; writes probe.json."""
     from .features import describe_encoder, open_encoder, video_features
-    from .runtime import Runtime
+    from .runs import claim
+    from .runtime import Runtime, launched_main
 
     check_ranges(cfg)
+    claim(cfg.out, to_plain(cfg), command="probe", overwrite=cfg.overwrite, rerun_ok=True, main=launched_main())
     rt = Runtime.setup(cfg)
     backbone, info = open_encoder(cfg)
     if rt.main:
         write_config(cfg, cfg.out, "probe")
-    common = dict(cache=cfg.cache, kind=cfg.kind, feature="pooled", runtime=rt, source=describe_encoder(cfg, info))
+    common = dict(
+        cache=cfg.cache, kind=cfg.kind, feature="pooled", runtime=rt, source=describe_encoder(cfg, info, backbone)
+    )
     saved = lambda tag: os.path.join(cfg.out, f"features_{tag}.safetensors")
     test, test_labels, test_ds = video_features(
         backbone, info, cfg, cfg.dataset, "test", save_as=saved("query"), **common

@@ -218,6 +218,8 @@ def run_stage(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dict) 
         return old
     if stage["command"] == "pretrain" and os.path.isfile(os.path.join(folder, "checkpoints", "last.json")):
         stage_cfg.resume = True  # killed before: continue from its last checkpoint
+    elif getattr(stage_cfg, "overwrite", None) is False and os.path.isdir(folder) and os.listdir(folder):
+        stage_cfg.overwrite = True  # killed before it finished: its partial files go to FOLDER.old-N
     if _main():
         print(
             f"[{cfg.name}] {stage['name']}{f' split {split}' if split else ''}: vidssl {stage['command']}", flush=True

@@ -27,6 +27,11 @@ from .data.transforms import memory_format
 log = logging.getLogger("vidssl")
 
 
+def launched_main() -> bool:
+    """Whether this process is rank 0 of its launch (before any process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank); starts the process group under torchrun (gloo on CPU, nccl on GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

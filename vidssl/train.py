@@ -253,7 +253,7 @@ def fit(
         m = checkpoint.read_meta(last)
         checkpoint.check_compatible(last, m, {k: meta[k] for k in ("backbone", "width", "task")})
         _, weights = checkpoint.load_weights(last)
-        model.load_state_dict(weights)
+        checkpoint.load_strictly(model, weights, f"{last}.json: weights do not fit this run's model")
         checkpoint.load_training_state(last, opt)
         step, best, skipped_steps = m["step"], m.get("best_val_loss", math.inf), m.get("skipped_steps", 0)
         if main:
@@ -275,6 +275,11 @@ def fit(
                 writer.add_scalar(f"{split}/{k}", v, step)
 
     def save(name: str, epoch: int, metrics: dict) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never store a diverged model
+            raise FloatingPointError(
+                f"the weights hold NaN/inf at step {step}; nothing saved over {os.path.join(ckpt_dir, name)}.json "
+                "(a lower --lr, or --resume from the last good checkpoint)"
+            )
         if main:
             checkpoint.save(
                 os.path.join(ckpt_dir, name),

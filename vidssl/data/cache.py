@@ -5,7 +5,16 @@ Layout of a cache folder::
     CACHE/cache.json                      format, frame size, resampling (checked on every open)
     CACHE/<relative video path>.npy       format "raw":  uint8 (T, H, W, 3), memory-mapped on read
     CACHE/<relative video path>.jpgs      format "jpeg": header + offsets + one JPEG per frame
+    CACHE/<entry>.src.json                what the entry was made from: the video's size and mtime,
+                                          the entry's own size and frame count (checked when read)
     CACHE/skipped.json                    videos that could not be decoded, with the reason
+
+An entry is used only when its ``.src.json`` says it was made from the video as it is now (same
+size and modification time) and the entry is whole (its size and header agree). Otherwise it is a
+"stale" or "damaged" entry: a bad video for the dataset (named, skipped, counted), rewritten by the
+next ``vidssl preprocess``, and counted by ``vidssl stats --cache``. A file name too long for an
+entry (a 248-character video name plus the entry's suffixes passes 255 bytes) is stored under a
+shortened name with a hash of the full path.
 
 "raw" is fastest and large (all of UCF101 at 128x171: ~160 GB); "jpeg" (default, quality 90) is
 ~8x smaller and decodes a 16-frame clip in a few milliseconds. Entries are written to a temporary
@@ -14,6 +23,7 @@ file and renamed, so an interrupted run leaves no half-written entry and a re-ru
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -45,8 +55,24 @@ class CacheSpec:
             raise ValueError(f"unknown cache format {self.format!r}; choose one of {', '.join(FORMATS)}")
 
 
+NAME_MAX = 255  # bytes in one path component on Linux file systems
+_SIDE = ".src.json"
+_SPARE = len(".tmp-") + 32  # atomic writes add a temporary suffix
+
+
 def entry_path(cache_root: str, rel: str, fmt: str) -> str:
-    return os.path.join(cache_root, rel + _SUFFIX[fmt])
+    folder, name = os.path.split(rel)
+    longest = len((name + _SUFFIX[fmt] + _SIDE).encode()) + _SPARE
+    if longest > NAME_MAX:
+        digest = hashlib.blake2b(rel.encode(), digest_size=8).hexdigest()
+        name = name.encode()[:100].decode(errors="ignore") + "-" + digest
+    return os.path.join(cache_root, folder, name + _SUFFIX[fmt])
+
+
+def source_stamp(path: str) -> dict:
+    """What identifies the bytes of a source video without reading them: size and mtime."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def write_entry(path: str, frames: np.ndarray, spec: CacheSpec) -> int:
@@ -89,12 +115,25 @@ class CachedVideo:
                     self._offsets = np.frombuffer(f.read(8 * (t + 1)), dtype="<u8").astype(np.int64)
                 self.num_frames, self.shape = t, (h, w)
                 ok = magic == _MAGIC and len(self._offsets) == t + 1
+            if ok and fmt == "jpeg":  # whole: the last frame's bytes end where the file ends
+                base = _HEADER.size + 8 * (t + 1)
+                ok = bool(np.all(np.diff(self._offsets) > 0)) and os.path.getsize(path) == base + int(self._offsets[-1])
         except (OSError, ValueError, struct.error) as e:
-            raise VideoError(path, f"unreadable cache entry ({e}); delete it and run preprocess again") from None
+            raise VideoError(path, f"damaged cache entry ({e}); run `vidssl preprocess` again to rewrite it") from None
         if not ok or self.num_frames == 0:
-            raise VideoError(path, "corrupt cache entry; delete it and run preprocess again")
+            raise VideoError(
+                path, "damaged cache entry (truncated or not a cache file); run `vidssl preprocess` again to rewrite it"
+            )
 
     def read(self, indices) -> np.ndarray:
+        try:
+            return self._read(indices)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for damaged JPEG bytes
+            raise VideoError(
+                self.path, f"damaged cache entry ({str(e)[:80]}); run `vidssl preprocess` again to rewrite it"
+            ) from None
+
+    def _read(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
         if self.format == "raw":
             return np.ascontiguousarray(self._array[idx])
@@ -124,10 +163,16 @@ class FrameCache:
         meta = os.path.join(root, "cache.json")
         if not os.path.isfile(meta):
             raise FileNotFoundError(f"{root}: not a frame cache (no cache.json); build one with `vidssl preprocess`")
-        with open(meta) as f:
-            d = json.load(f)
-        d["size"] = tuple(d["size"]) if d.get("size") else None
-        return cls(root, CacheSpec(**d))
+        try:
+            with open(meta) as f:
+                d = json.load(f)
+            d["size"] = tuple(d["size"]) if d.get("size") else None
+            spec = CacheSpec(**d)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(
+                f"{meta}: damaged cache description ({e}); build the cache again in a new folder"
+            ) from None
+        return cls(root, spec)
 
     @classmethod
     def create(cls, root: str, spec: CacheSpec) -> FrameCache:
@@ -150,10 +195,56 @@ class FrameCache:
     def has(self, rel: str) -> bool:
         return os.path.isfile(self.entry(rel))
 
-    def video(self, rel: str) -> CachedVideo:
+    def write(self, rel: str, stamp: dict, frames: np.ndarray) -> int:
+        """Store one video's frames and, after them, what they were made from (``source_stamp`` of
+        the video, taken before it was decoded: a change while decoding then reads as stale)."""
+        path = self.entry(rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        size = write_entry(path, frames, self.spec)
+        side = {"source": rel, **stamp, "bytes": size, "frames": int(len(frames))}
+        write_atomic(path + _SIDE, lambda f: f.write(json.dumps(side).encode()))
+        return size
+
+    def check(self, rel: str, source: str | None) -> str:
+        """'fresh', 'missing', 'stale' (no record, or the video changed since) or 'damaged'."""
         path = self.entry(rel)
         if not os.path.isfile(path):
+            return "missing"
+        try:
+            with open(path + _SIDE) as f:
+                side = json.load(f)
+            made_from = (side["size"], side["mtime_ns"])
+            whole = os.path.getsize(path) == side["bytes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "stale"
+        if not whole:
+            return "damaged"
+        if source is not None:
+            try:
+                now = source_stamp(source)
+            except OSError:
+                return "fresh"  # the video is gone but its frames are whole: a cache outlives its source
+            if (now["size"], now["mtime_ns"]) != made_from:
+                return "stale"
+        return "fresh"
+
+    def video(self, rel: str, source: str | None = None) -> CachedVideo:
+        """One entry, checked against ``source`` (the video it was made from) when given."""
+        path = self.entry(rel)
+        state = self.check(rel, source)
+        if state == "missing":
             raise VideoError(path, "not in the frame cache; run `vidssl preprocess` on this dataset first")
+        if state == "stale":
+            raise VideoError(
+                path,
+                f"stale cache entry: {source} changed since it was cached (or the entry has no record); "
+                "run `vidssl preprocess` again to refresh it",
+            )
+        if state == "damaged":
+            raise VideoError(
+                path,
+                "damaged cache entry (its size is not the one written); run `vidssl preprocess` again to rewrite it",
+            )
         return CachedVideo(path, self.spec.format)
 
 

@@ -27,13 +27,16 @@ from .cache import FrameCache
 from .sampling import RandomClip, resample_indices, sample_seed
 from .splits import (
     SplitError,
+    dedupe,
     hmdb51_group,
+    overlap,
     read_hmdb51_split,
     read_ucf101_split,
+    refuse_overlap,
     safe_relpath,
     ucf101_group,
 )
-from .video import VideoError, list_videos, probe, read_indices
+from .video import VideoError, hidden, list_videos, probe, read_indices
 
 log = logging.getLogger("vidssl")
 
@@ -147,7 +150,7 @@ class ClipDataset(Dataset):
 
     def _measure(self, rec: VideoRecord):
         if self.cache is not None:
-            return self.cache.video(rec.rel).num_frames, None
+            return self.cache.video(rec.rel, self._path(rec)).num_frames, None
         info = probe(self._path(rec))
         return (self.resample or info.num_frames), info
 
@@ -231,6 +234,8 @@ class ClipDataset(Dataset):
             "frames_max": int(frames.max()),
             "looped_short": self.looped,
             "skipped": len(self.skipped),
+            "stale_cache": sum("stale cache entry" in reason for _, reason in self.skipped),
+            "damaged_cache": sum("damaged cache entry" in reason for _, reason in self.skipped),
         }
 
 
@@ -285,6 +290,9 @@ def _locate(root: str, kind: str, splits_dir: str | None, splits_name: str):
 def _from_split(videos, classes, items, rejected, where, group_of, **kwargs) -> ClipDataset:
     for _, reason in rejected:
         log.warning("skipping split line %s", reason)
+    items, repeated = dedupe(items, where)
+    if repeated:
+        log.warning("%s: %d repeated line(s) ignored: each video is used once", where, repeated)
     found, missing = _existing(videos, items, where)
     records = [VideoRecord(rel, label, group_of(rel)) for rel, label in found]
     ds = ClipDataset(videos, records, classes, **kwargs)
@@ -298,6 +306,9 @@ def ucf101(root, split: int = 1, subset: str = "train", splits_dir=None, **kwarg
     videos, splits_dir = _locate(root, "ucf101", splits_dir, "ucfTrainTestlist")
     classes, items, rejected = read_ucf101_split(splits_dir, split, subset)
     where = os.path.join(splits_dir, f"{subset}list0{split}.txt")
+    lists = [os.path.join(splits_dir, f"{s}list0{split}.txt") for s in ("train", "test")]
+    if all(os.path.isfile(p) for p in lists):
+        refuse_overlap(overlap(splits_dir, split, "ucf101"), f"{lists[0]} and {lists[1]}")
     kwargs.setdefault("name", f"ucf101 split{split} {subset}")
     return _from_split(videos, classes, items, rejected, where, ucf101_group, **kwargs)
 
@@ -307,6 +318,8 @@ def hmdb51(root, split: int = 1, subset: str = "train", splits_dir=None, **kwarg
     (inside ``root`` or beside it)."""
     videos, splits_dir = _locate(root, "hmdb51", splits_dir, "testTrainMulti_7030_splits")
     classes, items, rejected = read_hmdb51_split(splits_dir, split, subset)
+    if subset in ("train", "test"):
+        refuse_overlap(overlap(splits_dir, split, "hmdb51"), f"{splits_dir} split {split}")
     kwargs.setdefault("name", f"hmdb51 split{split} {subset}")
     return _from_split(videos, classes, items, rejected, splits_dir, hmdb51_group, **kwargs)
 
@@ -318,7 +331,7 @@ def kinetics(root, subset: str = "train", **kwargs) -> ClipDataset:
     if not os.path.isdir(base):
         raise FileNotFoundError(f"{base}: no '{subset}' folder; Kinetics-style data is <root>/<split>/<class>/*.mp4")
     class_src = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else base
-    classes = sorted(d for d in os.listdir(class_src) if os.path.isdir(os.path.join(class_src, d)))
+    classes = sorted(d for d in os.listdir(class_src) if os.path.isdir(os.path.join(class_src, d)) and not hidden(d))
     index = {c: i for i, c in enumerate(classes)}
     records = []
     for rel in list_videos(base):

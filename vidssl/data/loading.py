@@ -52,8 +52,19 @@ def collate(samples) -> Batch:
     return Batch(clips, labels, torch.tensor([s[0] for s in ok], dtype=torch.long), failed)
 
 
+def leave_signals_to_the_main_process(worker_id: int = 0) -> None:
+    """Worker start: Ctrl-C (sent to the whole terminal group) is the main process's to handle; it
+    stops its workers in order. A worker interrupted mid-task instead leaves a pool waiting for it
+    forever (measured: `preprocess --workers 2` hung on Ctrl-C). SIGTERM keeps its default: pools
+    and loaders stop their workers with it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def loader(dataset, batch_size: int, **kwargs) -> DataLoader:
     """A DataLoader over ``dataset`` yielding ``Batch``es; unreadable samples are left out."""
+    kwargs.setdefault("worker_init_fn", leave_signals_to_the_main_process)
     return DataLoader(_Guarded(dataset), batch_size, collate_fn=collate, **kwargs)
 
 

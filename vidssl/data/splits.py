@@ -27,7 +27,9 @@ def _all_rejected(path: str, rejected: Rejected) -> SplitError:
 def _lines(path: str):
     if not os.path.isfile(path):
         raise SplitError(f"{path}: split file not found; pass the folder with the official split files")
-    with open(path, encoding="utf-8", errors="replace") as f:
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first line;
+    # strip() below takes CRLF line ends too.
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, 1):
             line = line.strip()
             if line:
@@ -105,7 +107,7 @@ def read_hmdb51_split(splits_dir: str, split: int, subset: str) -> tuple[list[st
     if not os.path.isdir(splits_dir):
         raise SplitError(f"{splits_dir}: split folder not found; pass the testTrainMulti_7030_splits folder")
     suffix = f"_test_split{split}.txt"
-    files = sorted(f for f in os.listdir(splits_dir) if f.endswith(suffix))
+    files = sorted(f for f in os.listdir(splits_dir) if f.endswith(suffix) and not f.startswith("."))  # ._x: macOS
     if not files:
         raise SplitError(f"{splits_dir}: no '*{suffix}' files; is this the testTrainMulti_7030_splits folder?")
     classes = [f[: -len(suffix)] for f in files]
@@ -137,3 +139,35 @@ def hmdb51_group(rel: str) -> str:
     cls, name = rel.split("/")[0], os.path.basename(rel)
     i = name.rfind(f"_{cls}_")
     return name[:i] if i > 0 else ""
+
+
+def dedupe(items: list[tuple[str, int]], where: str) -> tuple[list[tuple[str, int]], int]:
+    """Items with each video once (the first line wins); the count of repeated lines. A video
+    listed twice would count twice in every accuracy (and be its own neighbour in retrieval)."""
+    seen, out = set(), []
+    for rel, label in items:
+        key = rel.lower()
+        if key not in seen:
+            seen.add(key)
+            out.append((rel, label))
+    return out, len(items) - len(out)
+
+
+def overlap(splits_dir: str, split: int, kind: str) -> list[str]:
+    """Videos named by both the training and the test list of a split (UCF101: trainlist0N and
+    testlist0N; HMDB51: marked both 1 and 2)."""
+    read = read_ucf101_split if kind == "ucf101" else read_hmdb51_split
+    try:
+        _, train, _ = read(splits_dir, split, "train")
+        _, test, _ = read(splits_dir, split, "test")
+    except SplitError:  # a list without usable lines: the subset being loaded says so itself
+        return []
+    return sorted({r.lower() for r, _ in train} & {r.lower() for r, _ in test})
+
+
+def refuse_overlap(both: list[str], where: str) -> None:
+    if both:
+        raise SplitError(
+            f"{where}: {len(both)} video(s) are in both the training and the test list (e.g. {both[0]}); "
+            "a test set must not hold training videos (every accuracy would read high): fix the lists"
+        )

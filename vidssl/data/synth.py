@@ -383,7 +383,11 @@ def generate(out: str, cfg: SynthConfig | None = None, workers: int | None = Non
             old = json.load(f)["config"]
         if old != asdict(cfg):
             raise ValueError(f"{out} holds a synthetic dataset made with {old}; choose another folder")
+    elif os.path.isdir(out) and os.listdir(out):  # e.g. a real dataset: its split files would be replaced
+        raise ValueError(f"{out} holds other files (no synth.json: not a synthetic dataset); choose an empty folder")
     os.makedirs(out, exist_ok=True)
+    with open(meta_path, "w") as f:  # first: a killed run is continued by the next (its videos are whole)
+        json.dump(meta, f, indent=1)
     jobs = [(cfg, out, c, g, k) for c in range(cfg.classes) for g in range(cfg.groups) for k in range(cfg.clips)]
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc="synth videos", unit="video", disable=not progress)

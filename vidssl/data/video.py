@@ -127,11 +127,24 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path, count, fps, width, height, pts)
 
 
+def quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show a frame upright: a phone stores portrait video
+    sideways with a display-matrix rotation (PyAV's ``frame.rotation``, degrees counter-clockwise),
+    which decoding does not apply. Unapplied, rotation pretraining would learn from mislabelled clips."""
+    degrees = round(getattr(frame, "rotation", 0) or 0)
+    if degrees % 90:
+        raise ValueError(f"display rotation of {degrees} degrees (only multiples of 90 are applied)")
+    return (degrees // 90) % 4
+
+
 def _to_array(frame, size: tuple[int, int] | None) -> np.ndarray:
+    turns = quarter_turns(frame)
     if size is None:
-        return frame.to_ndarray(format="rgb24")
-    h, w = size
-    return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+        a = frame.to_ndarray(format="rgb24")
+    else:
+        h, w = size if turns % 2 == 0 else size[::-1]  # resized as stored, then turned upright
+        a = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+    return np.ascontiguousarray(np.rot90(a, turns)) if turns else a
 
 
 def _decode_from_start(container, stream, start: int, stop: int, size, pts=None) -> list[np.ndarray]:
@@ -241,10 +254,23 @@ def list_videos(root: str | os.PathLike) -> list[str]:
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root}: folder not found")
-    found = []
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        # Symlinked folders are followed once: a folder reached again (a link loop, or two links to
+        # one place) is not walked again, so no video is listed twice.
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not hidden(d))
         for name in filenames:
-            if name.lower().endswith(VIDEO_EXTENSIONS):
+            if name.lower().endswith(VIDEO_EXTENSIONS) and not hidden(name):
                 found.append(os.path.relpath(os.path.join(dirpath, name), root))
     return sorted(found)
+
+
+def hidden(name: str) -> bool:
+    """Names that are not data: dot files and folders (.ipynb_checkpoints, macOS's ._foo.avi
+    resource forks) and the __MACOSX folder of zip files made on a Mac."""
+    return name.startswith(".") or name == "__MACOSX"

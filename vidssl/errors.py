@@ -1,0 +1,73 @@
+"""The error boundary of every command: which failures are the user's to fix (one line naming the
+file or flag and what to do, exit code 2) and how an OS error is said. Anything else is a bug in
+vidssl and keeps its traceback; ``VIDSSL_DEBUG=1`` shows the traceback of any failure.
+
+Kept free of heavy imports: ``vidssl --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: one line, exit code 2, no traceback (VIDSSL_DEBUG=1 shows it)."""
+    from .checkpoint import CheckpointError
+    from .data.splits import SplitError
+    from .data.video import VideoError
+
+    return (VideoError, SplitError, CheckpointError, OSError, ValueError, FloatingPointError)
+
+
+# What to do about the OS errors a user meets (a read-only folder, a full disk, a long name).
+OS_HINTS = {
+    errno.EACCES: "check its permissions, or choose another --out",
+    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.ENOSPC: "the disk is full: free space or choose another --out; what was written before is intact",
+    errno.EDQUOT: "the disk quota is used up: free space or choose another --out",
+    errno.ENAMETOOLONG: "the name is too long for the file system: rename the video or use a shorter --out",
+    errno.EMFILE: "too many open files: fewer --workers, or raise `ulimit -n`",
+}
+
+
+def error_line(e: BaseException) -> str:
+    """The one line for an expected failure: OS errors name the file and what to do."""
+    if isinstance(e, OSError) and e.strerror:  # raised by the OS (ours carry a whole sentence instead)
+        name = f"{e.filename}: " if e.filename else ""
+        hint = OS_HINTS.get(e.errno)
+        return f"{name}{e.strerror}" + (f"; {hint}" if hint else "")
+    return str(e) or type(e).__name__
+
+
+@contextlib.contextmanager
+def signals_end_the_command(name: str):
+    """Within the block, Ctrl-C (SIGINT) and SIGTERM (a scheduler's or torchrun's stop) print one
+    line and end the process at once: exit code 130 or 143. They are not raised as exceptions:
+    unwinding from an arbitrary point through a DataLoader whose workers were signalled too hung
+    in about one try in three (measured with `kill -INT/-TERM -PGID` during pretraining). Checkpoints
+    and cache entries are two-phase or atomic writes, so a stop at any point leaves them whole;
+    workers see their parent gone and stop (DataLoader's watchdog, a pool's closed task pipe)."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    resume = " (--resume continues from its last checkpoint)" if name in ("pretrain", "finetune") else ""
+    codes = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+
+    def handler(signum, frame):
+        code, word = codes[signum]
+        sys.stderr.write(f"\nvidssl {name}: {word}{resume}\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    previous = {sig: signal.signal(sig, handler) for sig in codes}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
