@@ -330,3 +330,12 @@ def test_synth_never_writes_into_a_folder_of_other_files(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "real"), "--classes", "3", "--groups", "3", "--clips", "1"]) == 2
     assert "holds other files (no synth.json: not a synthetic dataset)" in _err(capsys)
     assert (tmp_path / "real" / "ucfTrainTestlist" / "classInd.txt").read_text() == "1 Mine\n"
+
+
+def test_a_folder_or_a_wrong_file_where_a_checkpoint_or_scores_go_is_one_line(tiny_synth, pretrained, tmp_path, capsys):
+    folder = os.path.dirname(pretrained)
+    assert main(["retrieve", tiny_synth, "--init", folder, "--out", str(tmp_path / "r"), *EVAL]) == 2
+    assert f"{folder}: a folder; name a checkpoint in it (e.g. {folder}/best.json)" in _err(capsys)
+    (tmp_path / "scores.safetensors").write_text("{}")
+    assert main(["fuse", str(tmp_path / "scores.safetensors"), str(tmp_path / "scores.safetensors")]) == 2
+    assert "not a fine-tuning scores file" in _err(capsys)

@@ -124,10 +124,11 @@ def weights_digest(model: nn.Module) -> str:
 
 def describe_encoder(opts, info: EncoderInfo, model: nn.Module) -> dict:
     """Where features come from, as results and feature files record it (with the weights' hash)."""
+    bn = {"bn_stats": opts.bn_stats} if getattr(opts, "bn_stats", "checkpoint") != "checkpoint" else {}
     if opts.init == "random":
         return {"init": "random", "backbone": info.backbone, "width": info.width, "seed": opts.seed,
-                "weights": weights_digest(model)}  # fmt: skip
-    return {"init": info.path, "step": info.step, "weights": weights_digest(model)}
+                "weights": weights_digest(model), **bn}  # fmt: skip
+    return {"init": info.path, "step": info.step, "weights": weights_digest(model), **bn}
 
 
 def source_fingerprint(ds) -> str:
@@ -155,6 +156,73 @@ def preprocessing(opts, info: EncoderInfo) -> tuple[tuple[int, int], int]:
     return tuple(size), crop
 
 
+def clip_dataset(info: EncoderInfo, opts, dataset_path: str, subset: str, *, cache, kind: str, runtime):
+    """One split of a dataset as features read it: K evenly spaced centre-cropped clips per video,
+    at the network's frame size, clip length and modality (``preprocessing``)."""
+    from .data.datasets import load_dataset
+    from .data.sampling import UniformClips
+    from .data.transforms import eval_transform
+
+    frame_size, crop = preprocessing(opts, info)
+    return load_dataset(
+        kind,
+        dataset_path,
+        split=opts.split,
+        subset=subset,
+        cache=cache,
+        size=None if cache else frame_size,
+        sampler=UniformClips(opts.clips, info.frames),
+        transform=eval_transform(crop),
+        on_short="loop",
+        progress=opts.progress and runtime.main,
+    )
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(backbone: nn.Module, dataset, modality: str = "rgb", batch_size: int = 4, workers: int = 0,
+                          device="cpu", progress: bool = True) -> int:  # fmt: skip
+    """Re-estimate every batch-norm layer's running mean and variance on ``dataset``'s clips, the
+    weights unchanged; returns the clips seen. The control for "pretrained beats random": random
+    weights whose normalisation has seen the training videos, so that a reported gain is the
+    pretext task's and not the statistics' (the issue's kNN: clip order at chance on its pretext
+    still beat random weights, 52.5 vs 29.2). Each layer's statistics are the mean over batches
+    of its batch statistics (momentum None), every rank the same (all of ``dataset``)."""
+    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError(f"{type(backbone).__name__} has no batch-norm layer to recalibrate")
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average, not an exponential one
+    backbone.eval().to(device)
+    for m in bns:
+        m.train()
+    seen = 0
+    loader = data_loader(dataset, batch_size, shuffle=False, drop_last=False, num_workers=workers)
+    for clips, _, _, _ in tqdm(loader, desc="batch-norm statistics", disable=not progress, leave=False):
+        if len(clips) == 0:
+            continue
+        x = clips.flatten(0, 1) if clips.dim() == 6 else clips
+        backbone.forward_features(to_input(x.to(device), modality))
+        seen += x.shape[0]
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    backbone.eval()
+    if seen == 0:
+        raise ValueError(f"{getattr(dataset, 'root', 'dataset')}: no clip to estimate batch-norm statistics from")
+    return seen
+
+
+def prepare_encoder(backbone: nn.Module, info: EncoderInfo, opts, *, cache, kind: str, runtime) -> None:
+    """What an evaluation does to the network before its features: with ``--bn-stats train``, the
+    batch-norm statistics re-estimated on the training videos (``recalibrate_batchnorm``)."""
+    if getattr(opts, "bn_stats", "checkpoint") != "train":
+        return
+    ds = clip_dataset(info, opts, opts.dataset, "train", cache=cache, kind=kind, runtime=runtime)
+    recalibrate_batchnorm(backbone, ds, info.modality, opts.batch_size, opts.workers, device=runtime.device,
+                          progress=opts.progress and runtime.main)  # fmt: skip
+
+
 def video_features(
     backbone: nn.Module,
     info: EncoderInfo,
@@ -173,24 +241,8 @@ def video_features(
     per video as ``opts`` (EncoderOptions and DataOptions fields) says. With ``save_as``, the
     features are kept in that file and read back next time when every setting that made them
     (and the list of videos) is the same."""
-    from .data.datasets import load_dataset
-    from .data.sampling import UniformClips
-    from .data.transforms import eval_transform
-
     frame_size, crop = preprocessing(opts, info)
-
-    ds = load_dataset(
-        kind,
-        dataset_path,
-        split=opts.split,
-        subset=subset,
-        cache=cache,
-        size=None if cache else frame_size,
-        sampler=UniformClips(opts.clips, info.frames),
-        transform=eval_transform(crop),
-        on_short="loop",
-        progress=opts.progress and runtime.main,
-    )
+    ds = clip_dataset(info, opts, dataset_path, subset, cache=cache, kind=kind, runtime=runtime)
     want = {
         **(source or {}),
         "feature": feature,

@@ -94,7 +94,7 @@ Dataset = Annotated[str, Positional, arg(metavar="DATASET")]
 TriState = DisallowNone[bool | None]
 
 # The choice lists, each written once.
-Kind = Literal["auto", "ucf101", "hmdb51", "kinetics", "folder"]
+Kind = Literal["auto", "ucf101", "hmdb51", "kinetics", "manifest", "folder"]
 Device = Literal["auto", "cpu", "cuda"]
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["step", "cosine"]

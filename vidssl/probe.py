@@ -59,7 +59,7 @@ def linear_probe(
 
 def probe(cfg: ProbeConfig) -> dict:
     """Fit both classifiers on the training videos' features, score the test videos; writes probe.json."""
-    from .features import describe_encoder, open_encoder, video_features
+    from .features import describe_encoder, open_encoder, prepare_encoder, video_features
     from .runs import claim
     from .runtime import Runtime, launched_main
 
@@ -67,6 +67,7 @@ def probe(cfg: ProbeConfig) -> dict:
     claim(cfg.out, to_plain(cfg), command="probe", overwrite=cfg.overwrite, rerun_ok=True, main=launched_main())
     rt = Runtime.setup(cfg)
     backbone, info = open_encoder(cfg)
+    prepare_encoder(backbone, info, cfg, cache=cfg.cache, kind=cfg.kind, runtime=rt)
     if rt.main:
         write_config(cfg, cfg.out, "probe")
     common = dict(

@@ -27,7 +27,7 @@ def retrieve(cfg: RetrieveConfig) -> dict:
 
     The levels: "video" averages each video's clip features before searching (VCOP's Tables 2-3,
     its retrieve_clips.py); "clip" searches every clip against every training clip."""
-    from .features import describe_encoder, open_encoder, video_features
+    from .features import describe_encoder, open_encoder, prepare_encoder, video_features
     from .runs import claim
     from .runtime import Runtime, launched_main
 
@@ -35,6 +35,7 @@ def retrieve(cfg: RetrieveConfig) -> dict:
     claim(cfg.out, to_plain(cfg), command="retrieve", overwrite=cfg.overwrite, rerun_ok=True, main=launched_main())
     rt = Runtime.setup(cfg)
     backbone, info = open_encoder(cfg)
+    prepare_encoder(backbone, info, cfg, cache=cfg.cache, kind=cfg.kind, runtime=rt)
     source = describe_encoder(cfg, info, backbone)
     if rt.main:
         write_config(cfg, cfg.out, "retrieve")

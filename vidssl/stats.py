@@ -9,7 +9,8 @@ from .data.sampling import RandomClip
 
 def dataset_stats(cfg: StatsConfig) -> list[dict]:
     kind = detect_kind(cfg.dataset) if cfg.kind == "auto" else cfg.kind
-    subsets = {"ucf101": ["train", "test"], "hmdb51": ["train", "test"], "kinetics": ["train", "val"]}
+    subsets = {"ucf101": ["train", "test"], "hmdb51": ["train", "test"], "manifest": ["train", "test"],
+               "kinetics": ["train", "val"]}  # fmt: skip
     rows = []
     for subset in subsets.get(kind, ["all"]):
         if kind == "kinetics" and subset == "val":

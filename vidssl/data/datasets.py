@@ -33,6 +33,7 @@ from .splits import (
     read_hmdb51_split,
     read_ucf101_split,
     refuse_overlap,
+    resolve_entries,
     safe_relpath,
     ucf101_group,
 )
@@ -40,7 +41,7 @@ from .video import VideoError, hidden, list_videos, probe, read_indices
 
 log = logging.getLogger("vidssl")
 
-KINDS = ("ucf101", "hmdb51", "kinetics", "folder")
+KINDS = ("ucf101", "hmdb51", "kinetics", "manifest", "folder")
 WARN_AT_MOST = 20  # skipped videos named one per line; the rest are counted
 
 
@@ -239,39 +240,6 @@ class ClipDataset(Dataset):
         }
 
 
-def _existing(root: str, items, where: str):
-    """Resolve split entries against the folder (case-insensitively, for UCF101's HandStandPushups);
-    entries whose file is missing are returned separately, as (entry, reason), so the dataset can
-    count them. One warning per missing video, or one per class whose whole folder is missing."""
-    found, missing = [], []
-    lower = None
-    for rel, label in items:
-        if os.path.isfile(os.path.join(root, rel)):
-            found.append((rel, label))
-            continue
-        if lower is None:
-            lower = {v.lower(): v for v in list_videos(root)}
-        match = lower.get(rel.lower())
-        (found if match else missing).append((match or rel, label))
-    folders = [rel.split("/")[0] for rel, _ in missing]
-    absent = Counter(f for f in folders if not os.path.isdir(os.path.join(root, f)))
-    for folder, n in absent.items():
-        names = [os.path.basename(rel) for rel, _ in missing if rel.split("/")[0] == folder]
-        shown = ", ".join(names[:3]) + (", ..." if n > 3 else "")
-        log.warning(
-            "skipping %d video(s) of %s (%s): named by %s, but its class folder is missing", n, folder, shown, where
-        )
-    reasons = []
-    for rel, _ in missing:
-        folder = rel.split("/")[0]
-        if folder in absent:
-            reasons.append((rel, f"{os.path.join(root, rel)}: named by {where} but its class folder is missing"))
-        else:
-            log.warning("skipping %s: named by %s but not found", os.path.join(root, rel), where)
-            reasons.append((rel, f"{os.path.join(root, rel)}: named by {where} but not found"))
-    return found, reasons
-
-
 def _locate(root: str, kind: str, splits_dir: str | None, splits_name: str):
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -293,7 +261,7 @@ def _from_split(videos, classes, items, rejected, where, group_of, **kwargs) -> 
     items, repeated = dedupe(items, where)
     if repeated:
         log.warning("%s: %d repeated line(s) ignored: each video is used once", where, repeated)
-    found, missing = _existing(videos, items, where)
+    found, missing = resolve_entries(videos, items, where)
     records = [VideoRecord(rel, label, group_of(rel)) for rel, label in found]
     ds = ClipDataset(videos, records, classes, **kwargs)
     ds.skipped = list(rejected) + missing + ds.skipped
@@ -343,6 +311,9 @@ def kinetics(root, subset: str = "train", **kwargs) -> ClipDataset:
     return ClipDataset(root, records, classes, **kwargs)
 
 
+MANIFEST = "manifest.csv"  # a folder with one is a manifest dataset (vidssl.data.manifest)
+
+
 def video_folder(root, **kwargs) -> ClipDataset:
     """Every video under ``root`` (recursive), unlabelled: self-supervised pretraining on anything."""
     root = os.fspath(root)
@@ -354,7 +325,7 @@ def video_folder(root, **kwargs) -> ClipDataset:
 
 
 def detect_kind(root) -> str:
-    """Guess the layout of a dataset folder: ucf101, hmdb51, kinetics or folder."""
+    """Guess the layout of a dataset folder: ucf101, hmdb51, manifest, kinetics or folder."""
     root = os.fspath(root)
     if os.path.isdir(os.path.join(root, "ucfTrainTestlist")) or os.path.isdir(
         os.path.join(os.path.dirname(root.rstrip("/")), "ucfTrainTestlist")
@@ -364,6 +335,8 @@ def detect_kind(root) -> str:
         os.path.join(os.path.dirname(root.rstrip("/")), "testTrainMulti_7030_splits")
     ):
         return "hmdb51"
+    if os.path.isfile(os.path.join(root, MANIFEST)):
+        return "manifest"
     if os.path.isdir(os.path.join(root, "train")) and any(
         os.path.isdir(os.path.join(root, "train", d)) for d in os.listdir(os.path.join(root, "train"))
     ):
@@ -408,6 +381,10 @@ def load_dataset(
         return hmdb51(root, split, subset, **kwargs)
     if kind == "kinetics":
         return kinetics(root, subset, **kwargs)
+    if kind == "manifest":
+        from .manifest import manifest
+
+        return manifest(root, split, subset, **kwargs)
     if kind == "folder":
         return video_folder(root, **kwargs)
     raise ValueError(f"unknown dataset kind {kind!r}; choose one of auto, {', '.join(KINDS)}")

@@ -8,9 +8,15 @@ HMDB51 (``testTrainMulti_7030_splits/``): ``<class>_test_splitN.txt`` with "<vid
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import re
+from collections import Counter
+
+from .video import list_videos
+
+log = logging.getLogger("vidssl")
 
 
 class SplitError(ValueError):
@@ -171,3 +177,36 @@ def refuse_overlap(both: list[str], where: str) -> None:
             f"{where}: {len(both)} video(s) are in both the training and the test list (e.g. {both[0]}); "
             "a test set must not hold training videos (every accuracy would read high): fix the lists"
         )
+
+
+def resolve_entries(root: str, items, where: str):
+    """Resolve split entries against the folder (case-insensitively, for UCF101's HandStandPushups);
+    entries whose file is missing are returned separately, as (entry, reason), so the dataset can
+    count them. One warning per missing video, or one per class whose whole folder is missing."""
+    found, missing = [], []
+    lower = None
+    for rel, label in items:
+        if os.path.isfile(os.path.join(root, rel)):
+            found.append((rel, label))
+            continue
+        if lower is None:
+            lower = {v.lower(): v for v in list_videos(root)}
+        match = lower.get(rel.lower())
+        (found if match else missing).append((match or rel, label))
+    folders = [rel.split("/")[0] for rel, _ in missing]
+    absent = Counter(f for f in folders if not os.path.isdir(os.path.join(root, f)))
+    for folder, n in absent.items():
+        names = [os.path.basename(rel) for rel, _ in missing if rel.split("/")[0] == folder]
+        shown = ", ".join(names[:3]) + (", ..." if n > 3 else "")
+        log.warning(
+            "skipping %d video(s) of %s (%s): named by %s, but its class folder is missing", n, folder, shown, where
+        )
+    reasons = []
+    for rel, _ in missing:
+        folder = rel.split("/")[0]
+        if folder in absent:
+            reasons.append((rel, f"{os.path.join(root, rel)}: named by {where} but its class folder is missing"))
+        else:
+            log.warning("skipping %s: named by %s but not found", os.path.join(root, rel), where)
+            reasons.append((rel, f"{os.path.join(root, rel)}: named by {where} but not found"))
+    return found, reasons
