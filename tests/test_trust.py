@@ -246,18 +246,31 @@ def test_ctrl_c_during_preprocess_with_workers_stops_them_and_exits_130(tmp_path
                  "96", "--width", "128", "--workers", "1"]) == 0  # fmt: skip
     cmd = [sys.executable, "-m", "vidssl", "preprocess", data, "--out", str(tmp_path / "c"), "--workers", "2",
            "--size", "96x128", "--no-progress"]  # fmt: skip
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p, log = _start(cmd, tmp_path)
     deadline = time.time() + 60
     while time.time() < deadline and not any(f.endswith(".jpgs") for _, _, fs in os.walk(tmp_path / "c") for f in fs):
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
-    try:
-        _, err = p.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail("preprocess hung after Ctrl-C")
+    err = _ended(p, log, "preprocess hung after Ctrl-C")
     assert p.returncode == 130 and "vidssl preprocess: interrupted" in err, err[-500:]
     _no_process_left(p.pid)  # no worker outlives its command
+
+
+def _start(cmd, tmp_path):
+    """A command in its own process group, its output in a file (a pipe would stay open as long as
+    any worker lives, and waiting for it would measure the workers, not the command)."""
+    log = open(tmp_path / "out.log", "w+")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True), log
+
+
+def _ended(p, log, what: str) -> str:
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(what)
+    log.seek(0)
+    return log.read()
 
 
 def _no_process_left(group: int) -> None:
@@ -274,17 +287,13 @@ def test_ctrl_c_or_sigterm_during_pretraining_with_workers_then_resume(tiny_synt
     workers = [a if a != "0" or b != "--workers" else "2" for b, a in zip(["", *TINY], TINY)]  # 2 DataLoader workers
     cmd = [sys.executable, "-m", "vidssl", "pretrain", tiny_synth, "--out", out, "--iters", "400", "--ckpt-every", "2",
            *workers]  # fmt: skip
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p, log = _start(cmd, tmp_path)
     last = os.path.join(out, "checkpoints", "last.json")
     deadline = time.time() + 120
     while time.time() < deadline and not os.path.exists(last):
         time.sleep(0.1)
     os.killpg(p.pid, sig)
-    try:
-        _, err = p.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail("pretrain hung after the signal")
+    err = _ended(p, log, "pretrain hung after the signal")
     assert p.returncode == code and f"vidssl pretrain: {word} (--resume continues" in err, err[-800:]
     _no_process_left(p.pid)
     step = checkpoint.read_meta(last)["step"]

@@ -48,7 +48,7 @@ def signals_end_the_command(name: str):
     unwinding from an arbitrary point through a DataLoader whose workers were signalled too hung
     in about one try in three (measured with `kill -INT/-TERM -PGID` during pretraining). Checkpoints
     and cache entries are two-phase or atomic writes, so a stop at any point leaves them whole;
-    workers see their parent gone and stop (DataLoader's watchdog, a pool's closed task pipe)."""
+    the command's worker processes are killed first."""
     import signal
     import sys
     import threading
@@ -60,9 +60,15 @@ def signals_end_the_command(name: str):
     codes = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
 
     def handler(signum, frame):
+        import multiprocessing
+
         code, word = codes[signum]
         sys.stderr.write(f"\nvidssl {name}: {word}{resume}\n")
         sys.stderr.flush()
+        # Workers first: one stuck in a lock it inherited at fork would never see its parent go
+        # (seen once on a loaded machine: a worker outlived its command by more than a minute).
+        for child in multiprocessing.active_children():
+            child.kill()
         os._exit(code)
 
     previous = {sig: signal.signal(sig, handler) for sig in codes}
