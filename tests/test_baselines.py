@@ -93,3 +93,24 @@ def test_retrieve_with_bn_stats_train_records_it_and_changes_the_features(tiny_s
     fb = load_file(str(tmp_path / "b" / "features_query.safetensors"))["features"]
     assert fa.shape == fb.shape and not torch.allclose(fa, fb)
     assert json.load(open(tmp_path / "b" / "results.json"))["source"]["bn_stats"] == "train"
+
+
+def test_the_random_baseline_of_a_dif_network_reads_frame_differences(tiny_synth, pretrained, tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    common = ["retrieve", tiny_synth, "--width", "0.25", "--frame-size", "40x40", "--crop", "32", "--clips", "2",
+              "--clip-length", "8", "--no-progress"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "rgb")]) == 0
+    assert main([*common, "--out", str(tmp_path / "dif"), "--modality", "dif"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "dif" / "features_query.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["meta"])["modality"] == "dif"
+    a = load_file(str(tmp_path / "rgb" / "features_query.safetensors"))["features"]
+    b = load_file(str(tmp_path / "dif" / "features_query.safetensors"))["features"]
+    assert not torch.allclose(a, b)
+    # a checkpoint trained on RGB is never fed frame differences
+    assert main(["retrieve", tiny_synth, "--init", pretrained, "--modality", "dif", "--out", str(tmp_path / "x")]) == 2
+    assert "trained on rgb input; --modality dif would feed it another" in capsys.readouterr().err

@@ -118,6 +118,7 @@ class EncoderOptions:
     backbone: str = "r3d_10"  # backbone for --init random
     width: Width = 1.0  # channel width for --init random
     seed: int = 0  # seed of the random initialisation
+    modality: Literal["auto", "rgb", "dif"] = "auto"  # input: auto is the checkpoint's (rgb for --init random); the random baseline of a DIF network needs dif
     bn_stats: Literal["checkpoint", "train"] = "checkpoint"  # batch-norm statistics: the network's, or re-estimated on the training videos (the control for random weights)
     clips: Positive[int] = 10  # clips per video, evenly spaced, centre crop
     clip_length: Positive[int] | None = None  # frames per clip; unset: the checkpoint's, else 16

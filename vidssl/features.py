@@ -100,11 +100,15 @@ def open_encoder(opts) -> tuple[nn.Module, EncoderInfo]:
     weights of ``opts.backbone`` at ``opts.width`` seeded by ``opts.seed`` (the baseline)."""
     from . import backbones
 
+    modality = getattr(opts, "modality", "auto")
     if opts.init == "random":
         torch.manual_seed(opts.seed)
-        info = EncoderInfo(opts.backbone, opts.width, clip_length=opts.clip_length or 16)
+        info = EncoderInfo(opts.backbone, opts.width, "rgb" if modality == "auto" else modality,
+                           clip_length=opts.clip_length or 16)  # fmt: skip
         return backbones.build(opts.backbone, opts.width), info
     backbone, info = load_encoder(opts.init)
+    if modality not in ("auto", info.modality):  # its first layer learned the other input
+        raise ValueError(f"{opts.init}: trained on {info.modality} input; --modality {modality} would feed it another")
     if opts.clip_length:
         info = dataclasses.replace(info, clip_length=opts.clip_length)
     return backbone, info
