@@ -78,7 +78,9 @@ def _data_roots(cfg: ReproduceConfig, needs: list[str]) -> dict[str, str]:
         if not os.path.isdir(os.path.join(root, "UCF-101")) and _main():  # one process writes it
             from .data.synth import generate
 
-            generate(root, SMOKE_DATA, progress=False)
+            # One process: a fork pool inside a process that has run torch hung once (a worker
+            # blocked on a futex forever, in the smoke test of CI); 72 small videos take seconds.
+            generate(root, SMOKE_DATA, workers=1, progress=False)
         _barrier()
         return {role: root for role in needs}
     if not cfg.data:
