@@ -31,6 +31,10 @@ SAFE_ON_RESUME = frozenset(
 PATHS = frozenset({"dataset", "cache", "init"})
 
 
+# An evaluation run again into its folder: only what cannot change a result may differ.
+SAFE_ON_RERUN = frozenset({"progress", "workers", "overwrite"})
+
+
 class RunError(ValueError):
     """A run folder that cannot be used as asked; the message names it and what to do."""
 
@@ -122,7 +126,7 @@ def claim(out: str, now: dict, *, command: str, resume: bool = False, overwrite:
         _writable(out)
         return "new"
     stored = stored_config(out) if "config.yaml" in entries else None
-    if rerun_ok and stored is not None and not contradictions(stored, now, safe={"progress", "workers", "overwrite"}):
+    if rerun_ok and stored is not None and not contradictions(stored, now, safe=SAFE_ON_RERUN):
         _writable(out)
         return "rerun"
     if overwrite:
@@ -134,11 +138,7 @@ def claim(out: str, now: dict, *, command: str, resume: bool = False, overwrite:
     if stored is None:
         what = f"files ({', '.join(entries[:3])}{', ...' * (len(entries) > 3)})"
     elif rerun_ok:
-        what = (
-            "results of other settings ("
-            + "; ".join(contradictions(stored, now, safe={"progress", "workers", "overwrite"})[:3])
-            + ")"
-        )
+        what = "results of other settings (" + "; ".join(contradictions(stored, now, safe=SAFE_ON_RERUN)[:3]) + ")"
     else:
         what = "a run"
     resume_hint = "--resume continues it, " if marker is not None or command in ("pretrain", "finetune") else ""
