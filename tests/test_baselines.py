@@ -114,3 +114,47 @@ def test_the_random_baseline_of_a_dif_network_reads_frame_differences(tiny_synth
     # a checkpoint trained on RGB is never fed frame differences
     assert main(["retrieve", tiny_synth, "--init", pretrained, "--modality", "dif", "--out", str(tmp_path / "x")]) == 2
     assert "trained on rgb input; --modality dif would feed it another" in capsys.readouterr().err
+
+
+def test_validation_splits_hold_out_training_persons_only(small_weizmann):
+    """Splits 4..6 choose settings without the test persons: split 3+k uses only split k's training
+    persons and tests on a third of them."""
+    load = lambda split, subset: load_dataset(
+        "auto", small_weizmann, split=split, subset=subset, sampler=UniformClips(1, 8)
+    )
+    for k in (1, 2, 3):
+        persons = lambda ds: {r.group for r in ds.records}
+        train, test = persons(load(k, "train")), persons(load(k, "test"))
+        vtrain, vtest = persons(load(k + 3, "train")), persons(load(k + 3, "test"))
+        assert vtrain | vtest == train and not vtrain & vtest and not (vtrain | vtest) & test
+        assert len(vtest) == 2 and len(vtrain) == 4
+    with pytest.raises(ValueError, match="validation splits"):
+        load(7, "train")
+
+
+def test_the_random_label_control_trains_on_targets_that_say_nothing(tiny_synth, tmp_path):
+    """The control's targets are drawn from the generator alone: the same for any clips, new every
+    step; its held-out loss stays at ln K; its checkpoint is probed like any pretraining."""
+    import math
+
+    from vidssl.config import PretrainConfig
+    from vidssl.pretrain import pretrain
+    from vidssl.tasks import RandomLabelTask, build_task
+
+    task = build_task(PretrainConfig("d", task="random_labels"), 16)
+    assert isinstance(task, RandomLabelTask) and task.classes == 4 and task.chance == 0.25
+    a, b = torch.rand(6, 3, 4, 8, 8), torch.rand(6, 3, 4, 8, 8)
+    xa, ya = task.make_batch(a, torch.Generator().manual_seed(1))
+    xb, yb = task.make_batch(b, torch.Generator().manual_seed(1))
+    assert torch.equal(xa, a) and torch.equal(ya, yb)  # inputs untouched, labels independent of them
+    assert not torch.equal(ya, task.make_batch(a, torch.Generator().manual_seed(2))[1])
+    best = pretrain(PretrainConfig(tiny_synth, task="random_labels", out=str(tmp_path / "pre"), backbone="r3d_10",
+                                   width=0.25, clip_length=8, frame_size=(40, 40), crop=32, batch_size=8, iters=12,
+                                   lr=0.01, val_videos=4, workers=0, progress=False, tensorboard=False))  # fmt: skip
+    import json
+
+    val = json.load(open(tmp_path / "pre" / "summary.json"))["val"]
+    assert abs(val["loss"] - math.log(4)) < 0.35  # nothing to learn: near chance on held-out videos
+    assert main(["probe", tiny_synth, "--init", best, "--clips", "1", "--k", "3", "--out", str(tmp_path / "p"),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert os.path.isfile(tmp_path / "p" / "probe.json")

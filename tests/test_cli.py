@@ -44,7 +44,8 @@ BAD_ARGS = [
     (["pretrain", "{d}", "--crop", "64", "--frame-size", "32x32"], "--crop 64 is larger than the frames (32x32)"),
     (["pretrain", "{d}", "--backbone", "resnet50"], "unknown backbone 'resnet50'; choose one of c3d, r3d_10"),
     (["pretrain", "{d}", "--task", "colour"], "invalid choice: 'colour' (choose from 'rotation', 'clip_order'"),
-    (["pretrain", "{d}", "--split", "4"], "--split must be 1, 2 or 3, not 4"),
+    (["pretrain", "{d}", "--split", "7"], "--split must be 1, 2 or 3 (manifest datasets: 4-6 are validation splits)"),
+    (["pretrain", "{d}", "--split", "4"], "UCF101 has splits 1, 2, 3"),  # 4-6: manifest datasets only
     (["pretrain", "{d}", "--kind", "ucf102"], "invalid choice: 'ucf102' (choose from 'auto', 'ucf101'"),
     (["pretrain", "{d}", "--task", "clip_order", "--num-clips", "9"], "--num-clips must be 2 to 5, not 9"),
     (["pretrain", "{d}", "--cache", "{d}/nowhere"], "not a frame cache"),

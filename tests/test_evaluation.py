@@ -210,6 +210,14 @@ def test_end_to_end_commands_write_their_json(tiny_synth, pretrained, tmp_path, 
     assert main(["probe", tiny_synth, "--init", pretrained, "--out", pr, "--clips", "2", "--k", "3", *small]) == 0
     p = json.load(open(os.path.join(pr, "probe.json")))
     assert 0 <= p["linear_top1"] <= 1 and 0 <= p["knn_top1"] <= 1 and p["test_videos"] == 6
+    # conv5 max-pooled (VCOP's feature) instead of the pooled vector: a larger vector, same protocol
+    pv = str(tmp_path / "pv")
+    vcop = ["--clips", "2", "--k", "3", "--feature", "vcop", *small]
+    assert main(["probe", tiny_synth, "--init", pretrained, "--out", pv, *vcop]) == 0
+    v = json.load(open(os.path.join(pv, "probe.json")))
+    assert v["config"]["feature"] == "vcop" and v["feature_dim"] % p["feature_dim"] == 0
+    mean, top = (load_file(os.path.join(d, "features_query.safetensors"))["features"] for d in (pr, pv))
+    assert (top >= mean - 1e-6).all() and not torch.allclose(top, mean)  # max over positions, not their mean
 
 
 def test_finetune_resume_equals_an_uninterrupted_run(tiny_synth, pretrained, tmp_path):

@@ -2,11 +2,13 @@
 (one per paper) with a complete table; stages resume and refuse changed settings; the full-scale
 time estimate."""
 
+import dataclasses
 import json
 import os
 
 import pytest
 
+from vidssl import estimate as E
 from vidssl import reproduce as R
 from vidssl.cli import main
 from vidssl.config import ReproduceConfig
@@ -33,11 +35,11 @@ def test_every_recipe_is_listed_and_well_formed(tmp_path, capsys):
         for stage in recipe["stages"]:  # every stage's config is valid for its command, at both scales
             for scale in ("smoke", "full"):
                 c = ReproduceConfig(name, scale=scale, out=str(tmp_path))
-                R.stage_config(c, stage, stage.get("splits", [None])[0], data, R._Placeholder())
+                R.stage_config(c, stage, *R.runs(c, stage)[0], data, E._Placeholder())
     assert cfg.scale == "smoke"
     # a preset's unset option stays unset at smoke scale (VCOP's validation videos: 800 / 400, capped)
     vcop = next(s for s in R.recipes()["vcop-table4"]["stages"] if s.get("preset") == "vcop")
-    ft = R.stage_config(cfg, vcop, 1, {"ucf101": "d", "hmdb51": "d"}, R._Placeholder())
+    ft = R.stage_config(cfg, vcop, 1, None, {"ucf101": "d", "hmdb51": "d"}, E._Placeholder())
     assert ft.val_videos is None and ft.test_checkpoint == "best" and ft.iters == 6
 
 
@@ -77,8 +79,8 @@ def test_full_scale_prints_the_expected_time_from_measured_steps(tiny_synth, tmp
     os.symlink(tiny_synth, tmp_path / "UCF101")
     cfg = ReproduceConfig("vcop-table1", data=str(tmp_path), out=str(tmp_path / "out"))
     recipe = R.recipes()["vcop-table1"]
-    monkeypatch.setattr(R, "seconds_per_clip", lambda stage_cfg, command: 0.5)
-    hours = R.expected_time(cfg, recipe, R._data_roots(cfg, recipe["needs"]))
+    monkeypatch.setattr(E, "seconds_per_clip", lambda stage_cfg, command: 0.5)
+    hours = E.expected_time(cfg, recipe, R._data_roots(cfg, recipe["needs"]))
     printed = capsys.readouterr().out
     # clip order: 300 epochs of 18 // 8 = 2 steps of 8 tuples at 0.5 s a tuple, for each of 3 backbones
     assert "600" in printed and "4.00" in printed and hours == pytest.approx(3 * 600 * 8 * 0.5 / 3600)
@@ -86,5 +88,46 @@ def test_full_scale_prints_the_expected_time_from_measured_steps(tiny_synth, tmp
     small = dict(backbone="r3d_10", width=0.25, clip_length=8, crop=32, device="cpu", channels_last=False)
     from vidssl.config import FinetuneConfig, PretrainConfig
 
-    assert 0 < R.seconds_per_clip(PretrainConfig("d", task="clip_order", **small), "pretrain") < 60
-    assert 0 < R.seconds_per_clip(FinetuneConfig("d", **small), "finetune") < 60
+    assert 0 < E.seconds_per_clip(PretrainConfig("d", task="clip_order", **small), "pretrain") < 60
+    assert 0 < E.seconds_per_clip(PretrainConfig("d", task="random_labels", **small), "pretrain") < 60
+    assert 0 < E.seconds_per_clip(FinetuneConfig("d", **small), "finetune") < 60
+
+
+def test_stages_run_per_split_and_seed_and_gain_rows_pair_runs(tmp_path, monkeypatch, capsys):
+    """The Weizmann recipe's machinery (a part of it, one split, two seeds, at smoke scale): every
+    stage runs once per (split, seed) into its own folder, a later stage takes the checkpoint of
+    the same split and seed, a gain row is the difference run by run, and `--seeds` adds runs
+    without redoing the others."""
+    full = R.recipes()["weizmann"]
+    keep = {"pretrain-rotation", "probe-random", "probe-rotation", "finetune-scratch", "finetune-rotation"}
+    stages = [dict(s, splits=[1], seeds=[0, 1]) for s in full["stages"] if s["name"] in keep]
+    rows = [r for r in full["rows"] if r["stage"] in keep and r.get("minus", "probe-random") in keep]
+    recipe = dict(full, stages=stages, rows=rows)
+    monkeypatch.setattr(R, "recipes", lambda: {"weizmann": recipe})
+    out = tmp_path / "wz"
+    cfg = ReproduceConfig("weizmann", scale="smoke", out=str(out), data=str(tmp_path / "data"))
+    table = R.reproduce(cfg)
+    assert sorted(os.listdir(out)) == sorted(
+        [f"{s['name']}-split1-seed{k}" for s in stages for k in (0, 1)] + ["table.json", "table.md"]
+    )
+    record = lambda name, seed: json.load(open(out / f"{name}-split1-seed{seed}" / "stage.json"))
+    for seed in (0, 1):
+        pre = record("pretrain-rotation", seed)
+        assert pre["config"]["seed"] == seed and pre["config"]["split"] == 1
+        assert record("probe-rotation", seed)["config"]["init"] == pre["checkpoint"]
+        assert record("finetune-rotation", seed)["config"]["init"] == pre["checkpoint"]
+        assert record("finetune-rotation", seed)["config"]["seeds"] == str(seed)
+        assert record("probe-random", seed)["config"]["seed"] == seed
+    by_row = {r["row"]: r for r in table["rows"]}
+    assert by_row["kNN, rotation pretraining"]["chance"] == "10"
+    gain = next(r for r in table["rows"] if r["row"].startswith("GAIN kNN: rotation - random"))
+    diffs = [record("probe-rotation", k)["metrics"]["knn_top1"] - record("probe-random", k)["metrics"]["knn_top1"]
+             for k in (0, 1)]  # fmt: skip
+    assert gain["ours"].startswith(f"{sum(diffs) / 2:.1f}") and "(n=2)" in gain["ours"]
+    header = open(out / "table.md").read().split("| row |")[1].splitlines()[0]
+    assert "chance" in header and "paper" not in header  # no paper number: no empty paper columns
+    capsys.readouterr()
+    # One more seed: only its stages run.
+    R.reproduce(dataclasses.replace(cfg, seeds="0,1,2"))
+    ran = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[weizmann]")]
+    assert len(ran) == len(stages) and all(line.split(":")[0].endswith("seed 2") for line in ran)

@@ -93,7 +93,7 @@ class LoopOptions:
 @dataclass(kw_only=True)
 class DataOptions:
     kind: Kind = "auto"  # dataset layout (auto: detected from the folder)
-    split: Annotated[int, Range(1, 3, words="must be 1, 2 or 3")] = 1  # official split (UCF101/HMDB51)
+    split: Annotated[int, Range(1, 6, words="must be 1, 2 or 3 (manifest datasets: 4-6 are validation splits)")] = 1  # official split (UCF101/HMDB51)
     cache: str | None = None  # frame cache from `vidssl preprocess` (the frame size then comes from it)
     frame_size: Size = None  # HxW frames are resized to; unset: the paper's for the task, or the cache's
     crop: Annotated[int, Range(8)] = 112  # square crop side fed to the network
@@ -101,7 +101,7 @@ class DataOptions:
 
 @dataclass(kw_only=True)
 class TaskOptions:
-    task: TaskName = "rotation"  # pretext task
+    task: TaskName = "rotation"  # pretext task (random_labels: the control, targets drawn at random)
     rotations: Annotated[RotationSet, arg(metavar="{0,90|0,90,180|90,180,270|0,90,180,270|8way|360}")] = "0,90,180,270"  # rotation set (3DRotNet Table 3; 8way: 45-degree steps; 360: regression)
     rotation_mode: Literal["all", "random"] = "all"  # all: every rotation of every clip in the batch (paper); random: one per clip
     regression_loss: Literal["l1", "l2"] = "l1"  # loss of the 360-degree regression
@@ -152,6 +152,7 @@ PAPER = {
     },
 }
 PAPER["joint"] = {**PAPER["clip_order"], "backbone": "resnet18_3d"}
+PAPER["random_labels"] = PAPER["rotation"]  # the control trains as the rotation task does
 
 
 @dataclass(kw_only=True)
@@ -231,7 +232,7 @@ class RetrieveConfig(EncoderOptions, DataOptions, RuntimeOptions):
 
 @dataclass(kw_only=True)
 class ProbeConfig(EncoderOptions, DataOptions, RuntimeOptions):
-    """Features are the pooled vector averaged over each video's clips."""
+    """Features (pooled, or conv5 max-pooled) averaged over each video's clips; a linear and a k-NN classifier."""
 
     dataset: Dataset = field(kw_only=False)  # labelled dataset (train split fits, test split scores)
     out: str = "runs/probe"  # output folder: probe.json and the cached features
@@ -240,6 +241,7 @@ class ProbeConfig(EncoderOptions, DataOptions, RuntimeOptions):
     crop: Annotated[int, Range(8)] | None = None  # centre crop side; unset: the checkpoint's, else 112
     k: Positive[int] = 20  # neighbours of the k-NN classifier
     weight_decay: NonNegative[float] = 1e-3  # L2 penalty of the linear probe
+    feature: FeatureKind = "pooled"  # pooled: the global-average-pooled vector; vcop: conv5 max-pooled (VCOP's retrieval feature)
 
 
 @dataclass(kw_only=True)
@@ -249,7 +251,7 @@ class EvalPretextConfig(RuntimeOptions):
     out: str = "runs/eval-pretext"  # output folder: pretext.csv, pretext.json
     overwrite: bool = False  # OUT holds results of other settings: move them aside to OUT.old-N (else refused)
     kind: Kind = "auto"  # dataset layout
-    split: Annotated[int, Range(1, 3, words="must be 1, 2 or 3")] = 1  # official split
+    split: Annotated[int, Range(1, 6, words="must be 1, 2 or 3 (manifest datasets: 4-6 are validation splits)")] = 1  # official split
     subset: Subset = "test"  # which videos
     cache: str | None = None  # frame cache (else frames are resized as in pretraining)
     draws: Positive[int] = 1  # random draws (rotations, orders, clips) per video
@@ -297,7 +299,7 @@ class PreprocessConfig:
 class StatsConfig:
     dataset: Dataset = field(kw_only=False)  # dataset folder
     kind: Kind = "auto"  # layout of the dataset
-    split: Annotated[int, Range(1, 3, words="must be 1, 2 or 3")] = 1  # official split (UCF101/HMDB51: 1, 2 or 3)
+    split: Annotated[int, Range(1, 6, words="must be 1, 2 or 3 (manifest datasets: 4-6 are validation splits)")] = 1  # official split (UCF101/HMDB51: 1, 2 or 3)
     cache: str | None = None  # frame cache made by `vidssl preprocess` (else videos are probed)
     clip_length: Positive[int] = 16  # frames a clip needs; shorter videos are counted as too short
 
@@ -311,6 +313,7 @@ class SynthConfig:
     height: Positive[int] = 96  # frame height in pixels (even)
     width: Positive[int] = 128  # frame width in pixels (even)
     fps: Positive[int] = 25  # frames per second written in the files
+    speeds: Literal["accelerate", "mixed"] = "accelerate"  # accelerate: every motion starts at rest and speeds up; mixed: half of them start fast and slow to rest
     seed: int = 0  # the same seed writes the same videos
 
 

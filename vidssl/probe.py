@@ -71,7 +71,7 @@ def probe(cfg: ProbeConfig) -> dict:
     if rt.main:
         write_config(cfg, cfg.out, "probe")
     common = dict(
-        cache=cfg.cache, kind=cfg.kind, feature="pooled", runtime=rt, source=describe_encoder(cfg, info, backbone)
+        cache=cfg.cache, kind=cfg.kind, feature=cfg.feature, runtime=rt, source=describe_encoder(cfg, info, backbone)
     )
     saved = lambda tag: os.path.join(cfg.out, f"features_{tag}.safetensors")
     test, test_labels, test_ds = video_features(

@@ -37,14 +37,16 @@ SMOKE = {
                      workers=0, progress=False, tensorboard=False, channels_last=False),
     "retrieve": dict(width=0.25, frame_size=[40, 40], crop=32, clips=2, batch_size=4, progress=False),
     "eval-pretext": dict(batch_size=4, progress=False),
+    "probe": dict(width=0.25, frame_size=[40, 40], crop=32, clips=2, batch_size=4, k=5, progress=False),
     "fuse": {},
     "visualize": dict(queries=3),
 }  # fmt: skip
 SMOKE_DATA = C.SynthConfig(classes=4, groups=6, clips=3, frames=72, height=48, width=64)
 ROLES = {"kinetics": ("kinetics", "Kinetics"), "mit": ("mit", "MiT"), "ucf101": ("UCF101", "ucf101"),
-         "hmdb51": ("HMDB51", "hmdb51")}  # fmt: skip
+         "hmdb51": ("HMDB51", "hmdb51"), "weizmann": ("weizmann", "Weizmann")}  # fmt: skip
 CLASSES = {"pretrain": "PretrainConfig", "finetune": "FinetuneConfig", "retrieve": "RetrieveConfig",
-           "eval-pretext": "EvalPretextConfig", "fuse": "FuseConfig", "visualize": "VisualizeConfig"}  # fmt: skip
+           "eval-pretext": "EvalPretextConfig", "fuse": "FuseConfig", "visualize": "VisualizeConfig",
+           "probe": "ProbeConfig"}  # fmt: skip
 
 
 def recipes() -> dict[str, dict]:
@@ -63,7 +65,7 @@ def list_recipes() -> list[dict]:
             "recipe": name,
             "reproduces": f"{r['paper']} {r['source']}",
             "needs": ", ".join(r["needs"]),
-            "stages": sum(len(s.get("splits", [None])) for s in r["stages"]),
+            "stages": sum(len(s.get("splits", [None])) * len(s.get("seeds", [None])) for s in r["stages"]),
         }  # fmt: skip
         for name, r in recipes().items()
     ]
@@ -95,20 +97,37 @@ def _data_roots(cfg: ReproduceConfig, needs: list[str]) -> dict[str, str]:
     return found
 
 
-def _folder(out: str, stage: dict, split) -> str:
-    return os.path.join(out, stage["name"] + (f"-split{split}" if split else ""))
+def runs(cfg: ReproduceConfig, stage: dict) -> list[tuple]:
+    """The (split, seed) pairs a stage runs for: its ``splits`` times its ``seeds`` (a stage with
+    seeds runs once per seed, that seed its config's seed; ``--seeds`` replaces the list)."""
+    seeds = stage.get("seeds", [None])
+    if cfg.seeds and "seeds" in stage:
+        seeds = [int(s) for s in cfg.seeds.split(",")]
+    return [(split, seed) for split in stage.get("splits", [None]) for seed in seeds]
 
 
-def stage_config(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dict):
+def _folder(out: str, stage: dict, split, seed=None) -> str:
+    return os.path.join(out, _run_name((stage["name"], split, seed)))
+
+
+def _earlier(done: dict, name: str, split, seed) -> dict:
+    """An earlier stage's record: the one of the same split and seed, else of the same split, else its only one."""
+    for key in ((name, split, seed), (name, split, None), (name, None, None)):
+        if key in done:
+            return done[key]
+    return done[(name, split, seed)]  # a KeyError (or the time estimate's placeholder)
+
+
+def stage_config(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, done: dict):
     """The typed config a stage runs with: preset, the recipe's values, data, scale, runtime."""
     command = stage["command"]
     values = dict(C.preset(command, stage["preset"])) if stage.get("preset") else {}
     values.update(stage.get("config", {}))
     if command == "fuse":
-        values.update(a=os.path.join(done[(stage["a"], split)]["folder"], "seed0"),
-                      b=os.path.join(done[(stage["b"], split)]["folder"], "seed0"))  # fmt: skip
+        values.update(a=os.path.join(_earlier(done, stage["a"], split, seed)["folder"], "seed0"),
+                      b=os.path.join(_earlier(done, stage["b"], split, seed)["folder"], "seed0"))  # fmt: skip
     elif command == "visualize":  # a picture of an earlier stage's output (retrieval neighbours)
-        values.update(what=stage["what"], source=done[(stage["source"], split)]["folder"])
+        values.update(what=stage["what"], source=_earlier(done, stage["source"], split, seed)["folder"])
     else:
         values["dataset"] = data[stage["dataset"]]
         cache = os.path.join(values["dataset"] + "-cache")
@@ -121,17 +140,19 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dic
         if init in ("scratch", "random"):
             source = init
         elif init.endswith("/checkpoints"):  # every checkpoint it kept (eval-pretext series)
-            source = os.path.join(done[(init.split("/")[0], None)]["folder"], "checkpoints")
+            source = os.path.join(_earlier(done, init.split("/")[0], split, seed)["folder"], "checkpoints")
         elif "@" in init:  # STAGE@F: the checkpoint it kept at fraction F of its steps (Fig. 4b)
             name, frac = init.split("@")
-            entry = done[(name, None)]
+            entry = _earlier(done, name, split, seed)
             step = round(float(frac) * entry.get("steps", 0))
             source = os.path.join(entry["folder"], "checkpoints", f"step{step:07d}.json")
         else:
-            source = done[(init, None)]["checkpoint"]
+            source = _earlier(done, init, split, seed)["checkpoint"]
         values["init" if command != "eval-pretext" else "checkpoints"] = source
     if split:
         values["split"] = split
+    if seed is not None:
+        values["seeds" if command == "finetune" else "seed"] = str(seed) if command == "finetune" else seed
     if cfg.scale == "smoke":
         length = values.get("clip_length") or 16
         for k, v in SMOKE[command].items():  # None: leave the option unset
@@ -139,15 +160,15 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dic
                 values.pop(k, None)
             else:
                 values[k] = v
-        if command in ("pretrain", "finetune", "retrieve"):
+        if command in ("pretrain", "finetune", "retrieve", "probe"):
             values["clip_length"] = max(4, length // 2)
         if values.get("init") == "scratch" or values.get("init") == "random":
             values["width"] = 0.25
-    if command == "finetune" and cfg.seeds:
+    if command == "finetune" and cfg.seeds and "seeds" not in stage:
         values["seeds"] = cfg.seeds
     if command not in ("fuse", "visualize"):
         values.update(device=cfg.device)
-    values["out"] = _folder(cfg.out, stage, split)
+    values["out"] = _folder(cfg.out, stage, split, seed)
     cls = getattr(C, CLASSES[command])
     known = {f for f in cls.__dataclass_fields__}
     return C.from_plain(cls, {k: v for k, v in values.items() if k in known}, f"recipe stage {stage['name']}")
@@ -174,6 +195,8 @@ def _metrics(command: str, result, folder: str) -> dict:
         }
     if command == "eval-pretext":
         return {"metrics": {"pretext_acc": 100 * result[-1]["pretext_acc"]}}
+    if command == "probe":
+        return {"metrics": {k: 100 * result[k] for k in ("linear_top1", "knn_top1")}}
     if command == "visualize":
         return {"picture": result, "metrics": {}}
     return {"metrics": {k: 100 * result[k] for k in ("a", "b", "fused")}}
@@ -200,14 +223,18 @@ def _run(command: str, stage_cfg):
         from .visualize import visualize
 
         return visualize(stage_cfg)
+    if command == "probe":
+        from .probe import probe
+
+        return probe(stage_cfg)
     from .fuse import fuse
 
     return fuse(stage_cfg)
 
 
-def run_stage(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dict) -> dict:
+def run_stage(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, done: dict) -> dict:
     """Run one stage, or read it back when it finished before with the same settings."""
-    stage_cfg = stage_config(cfg, stage, split, data, done)
+    stage_cfg = stage_config(cfg, stage, split, seed, data, done)
     folder = stage_cfg.out
     record = os.path.join(folder, "stage.json")
     plain = C.to_plain(stage_cfg)
@@ -223,9 +250,8 @@ def run_stage(cfg: ReproduceConfig, stage: dict, split, data: dict, done: dict) 
     elif getattr(stage_cfg, "overwrite", None) is False and os.path.isdir(folder) and os.listdir(folder):
         stage_cfg.overwrite = True  # killed before it finished: its partial files go to FOLDER.old-N
     if _main():
-        print(
-            f"[{cfg.name}] {stage['name']}{f' split {split}' if split else ''}: vidssl {stage['command']}", flush=True
-        )
+        where = (f" split {split}" if split else "") + (f" seed {seed}" if seed is not None else "")
+        print(f"[{cfg.name}] {stage['name']}{where}: vidssl {stage['command']}", flush=True)
     start = time.time()
     result = _run(stage["command"], stage_cfg)
     _barrier()  # under torchrun: rank 0 has written the stage's files
@@ -255,25 +281,39 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} +- {statistics.stdev(values):.1f} (n={len(values)})"
 
 
-def table_rows(recipe: dict, done: dict) -> list[dict]:
+def _values(cfg: ReproduceConfig, recipe: dict, done: dict, name: str, metric: str) -> list[float]:
+    """A stage's metric, one value per run (split x seed; a fine-tuning's own seeds each count)."""
+    stage = next(s for s in recipe["stages"] if s["name"] == name)
+    entries = [done[(name, *run)] for run in runs(cfg, stage)]
+    if all(metric in e.get("values", {}) for e in entries):
+        return [v for e in entries for v in e["values"][metric]]  # one run per seed
+    return [e["metrics"][metric] for e in entries]
+
+
+def table_rows(cfg: ReproduceConfig, recipe: dict, done: dict) -> list[dict]:
+    """One row per recipe row. A row with ``minus: STAGE`` is the difference to that stage, run by
+    run (same split and seed), e.g. a pretraining's gain over random weights."""
     rows = []
     for row in recipe["rows"]:
-        stage = next(s for s in recipe["stages"] if s["name"] == row["stage"])
-        entries = [done[(stage["name"], sp)] for sp in stage.get("splits", [None])]
+        source = row.get("source", recipe["source"])
         if row["metric"] == "picture":  # a figure without numbers: where its picture is
-            rows.append({"row": row["row"], "ours": entries[0]["picture"], "paper": "-", "difference": "-",
-                         "metric": "picture", "source": row.get("source", recipe["source"])})  # fmt: skip
+            stage = next(s for s in recipe["stages"] if s["name"] == row["stage"])
+            first = done[(row["stage"], *runs(cfg, stage)[0])]
+            rows.append({"row": row["row"], "ours": first["picture"], "paper": "-", "difference": "-",
+                         "metric": "picture", "source": source})  # fmt: skip
             continue
-        if len(entries) == 1 and row["metric"] in entries[0].get("values", {}):
-            values = entries[0]["values"][row["metric"]]  # one run per seed
-        else:
-            values = [e["metrics"][row["metric"]] for e in entries]  # one value per split
+        values = _values(cfg, recipe, done, row["stage"], row["metric"])
+        if row.get("minus"):
+            other = _values(cfg, recipe, done, row["minus"], row.get("minus_metric", row["metric"]))
+            if len(other) != len(values):
+                raise ValueError(f"recipe row {row['row']!r}: {row['stage']} and {row['minus']} differ in runs")
+            values = [a - b for a, b in zip(values, other)]
         ours = statistics.fmean(values)
         paper = row.get("paper")
         rows.append({
             "row": row["row"], "ours": _spread(values), "paper": "-" if paper is None else str(paper),
             "difference": "-" if paper is None else f"{ours - paper:+.1f}", "metric": row["metric"],
-            "source": row.get("source", recipe["source"]),
+            "source": source, **({"chance": str(row["chance"])} if "chance" in row else {}),
         })  # fmt: skip
     return rows
 
@@ -298,119 +338,44 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     data = _data_roots(cfg, recipe["needs"])
     os.makedirs(cfg.out, exist_ok=True)
     if cfg.scale == "full":
+        from .estimate import expected_time
+
         expected_time(cfg, recipe, data)
     done: dict = {}
     for stage in recipe["stages"]:
-        for split in stage.get("splits", [None]):
-            done[(stage["name"], split)] = run_stage(cfg, stage, split, data, done)
-    rows = table_rows(recipe, done)
+        for split, seed in runs(cfg, stage):
+            done[(stage["name"], split, seed)] = run_stage(cfg, stage, split, seed, data, done)
+    rows = table_rows(cfg, recipe, done)
     smoke = cfg.scale == "smoke"
     title = f"{recipe['paper']} {recipe['source']}: {recipe['title']}"
     if smoke:
         title = "SMOKE TEST on the embedded synthetic dataset, NOT a reproduction: " + title
-    times = [{"stage": n + (f" split {sp}" if sp else ""), "seconds": e["seconds"]} for (n, sp), e in done.items()]
+    times = [{"stage": _run_name(key, " "), "seconds": e["seconds"]} for key, e in done.items()]
     settings = {k: e["config"] for k, e in _named(done).items()}
     result = {"recipe": cfg.name, "title": title, "scale": cfg.scale, "data": data, "rows": rows, "times": times,
               "what": recipe.get("what", ""), "settings": settings}  # fmt: skip
     if not _main():
         return result
-    text = (
-        f"{title}\n{recipe.get('what', '')}\n\n{format_table(rows, ['row', 'ours', 'paper', 'difference', 'source'])}"
-    )
+    chance = ["chance"] if any("chance" in r for r in rows) else []
+    paper = ["paper", "difference"] if any(r["paper"] != "-" for r in rows) else []  # none: not a paper table
+    columns = ["row", "ours", *chance, *paper, "source"]
+    text = f"{title}\n{recipe.get('what', '')}\n\n{format_table(rows, columns)}"
     print("\n" + text + "\n\n" + format_table(times, ["stage", "seconds"]))
     with open(os.path.join(cfg.out, "table.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(cfg.out, "table.md"), "w") as f:
         f.write(f"# {title}\n\n{recipe.get('what', '')}\n\n")
-        f.write("\n".join(markdown_table(rows, ["row", "ours", "paper", "difference", "source"])) + "\n\n")
+        f.write("\n".join(markdown_table(rows, columns)) + "\n\n")
         f.write("Wall time per stage (s):\n\n" + "\n".join(markdown_table(times, ["stage", "seconds"])) + "\n")
     return result
 
 
-def seconds_per_clip(stage_cfg, command: str) -> float:
-    """Training time per clip (or tuple) of a stage on this device: 2 timed steps of 2 random clips
-    of the stage's size, after one warm-up step."""
-    import torch
-
-    from . import backbones
-    from .runtime import Runtime
-    from .tasks import PretextModel, build_task
-
-    rt = Runtime.setup(stage_cfg)
-    name = stage_cfg.backbone or "resnet18_3d"
-    width = getattr(stage_cfg, "width", None) or 1.0
-    backbone = backbones.build(name, width)
-    shape = (2, 3, stage_cfg.clip_length or 16, stage_cfg.crop, stage_cfg.crop)  # inputs (DIF: differences)
-    if command == "pretrain":
-        model = rt.prepare(PretextModel(backbone, build_task(stage_cfg, backbone.num_features)), train=True)
-        if stage_cfg.task != "rotation":
-            shape = (2, stage_cfg.num_clips, *shape[1:])
-        run = lambda x: model(x, torch.Generator().manual_seed(0))[0]
-    else:
-        head = torch.nn.Linear(backbone.num_features, 10)
-        model = rt.prepare(torch.nn.Sequential(backbone, head), train=True)
-        run = lambda x: model(x).logsumexp(1).mean()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
-    x = torch.randn(shape, device=rt.device)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        with rt.autocast():
-            loss = run(rt.input(x))
-        loss.float().backward()
-        opt.step()
-        opt.zero_grad()
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sum(times[1:]) / 2 / shape[0]
-
-
-def expected_time(cfg: ReproduceConfig, recipe: dict, data: dict) -> float:
-    """Print, before a full-scale run, the training time each stage should take here: measured
-    seconds per clip x clips per step x steps (steps from the video files counted, about)."""
-    from .data.datasets import video_root
-    from .data.video import list_videos
-
-    counts, measured, total, rows = {}, {}, 0.0, []
-    by_name = {s["name"]: s for s in recipe["stages"]}
-    for stage in recipe["stages"]:
-        if stage["command"] not in ("pretrain", "finetune"):
-            continue
-        stage_cfg = stage_config(cfg, stage, stage.get("splits", [None])[0], data, _Placeholder())
-        if stage["command"] == "pretrain":
-            stage_cfg = C.resolve_pretrain(stage_cfg)
-        elif stage.get("init") in by_name:  # fine-tuning follows the network it starts from
-            pre = C.resolve_pretrain(stage_config(cfg, by_name[stage["init"]], None, data, _Placeholder()))
-            stage_cfg = dataclasses.replace(stage_cfg, backbone=pre.backbone, width=pre.width,
-                                            clip_length=pre.clip_length, modality=pre.modality)  # fmt: skip
-        root = stage_cfg.dataset
-        counts.setdefault(root, len(list_videos(video_root(root))))
-        batch = stage_cfg.batch_size
-        steps = stage_cfg.iters or stage_cfg.epochs * max(1, counts[root] // batch)
-        key = (stage["command"], stage_cfg.backbone, stage_cfg.width, stage_cfg.clip_length, stage_cfg.crop,
-               getattr(stage_cfg, "task", None), getattr(stage_cfg, "rotations", None))  # fmt: skip
-        if key not in measured:  # stages of one network and clip size share a measurement
-            measured[key] = seconds_per_clip(stage_cfg, stage["command"])
-        per_clip = measured[key]
-        hours = per_clip * batch * steps * len(stage.get("splits", [None])) / 3600
-        total += hours
-        rows.append({"stage": stage["name"], "steps": f"{steps:,}", "s/step": f"{per_clip * batch:.2f}",
-                     "hours": f"{hours:.1f}"})  # fmt: skip
-    if rows and _main():
-        print(f"expected training time here ({cfg.device}), measured per step, steps from the file counts:")
-        print(
-            format_table(rows, ["stage", "steps", "s/step", "hours"]) + f"\ntotal about {total:.1f} hours\n", flush=True
-        )
-    return total
-
-
-class _Placeholder(dict):
-    """Earlier stages' outputs before they exist (for the time estimate: any checkpoint name does)."""
-
-    def __missing__(self, key):
-        return {"checkpoint": "scratch", "folder": ""}
+def _run_name(key: tuple, sep: str = "-") -> str:
+    """A run's name: ``name-split1-seed0`` (folders, settings), ``name split 1 seed 0`` (tables)."""
+    name, split, seed = key
+    gap = " " if sep == " " else ""
+    return name + (f"{sep}split{gap}{split}" if split else "") + (f"{sep}seed{gap}{seed}" if seed is not None else "")
 
 
 def _named(done: dict) -> dict:
-    return {n + (f"-split{sp}" if sp else ""): e for (n, sp), e in done.items()}
+    return {_run_name(key): e for key, e in done.items()}

@@ -228,6 +228,11 @@ class FrameCache:
                 return "stale"
         return "fresh"
 
+    def opened(self, rel: str) -> CachedVideo:
+        """One entry without its record read again: for the reads of a dataset that checked the
+        entry once when it opened (``video``). The entry's own header is still checked."""
+        return CachedVideo(self.entry(rel), self.spec.format)
+
     def video(self, rel: str, source: str | None = None) -> CachedVideo:
         """One entry, checked against ``source`` (the video it was made from) when given."""
         path = self.entry(rel)

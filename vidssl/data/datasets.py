@@ -175,8 +175,8 @@ class ClipDataset(Dataset):
     def read(self, i: int, indices: np.ndarray) -> np.ndarray:
         """uint8 frames ``(len, H, W, 3)`` of video ``i`` at ``indices`` (in resampled frame numbers)."""
         rec = self.records[i]
-        if self.cache is not None:
-            return self.cache.video(rec.rel).read(indices)
+        if self.cache is not None:  # checked against its video once, in _measure
+            return self.cache.opened(rec.rel).read(indices)
         info = self._infos[i]
         src = resample_indices(info.num_frames, self.resample)[indices] if self.resample else indices
         return read_indices(self._path(rec), src, size=self.size, info=info)

@@ -166,11 +166,15 @@ def _palette(rng) -> np.ndarray:
 # Motions: per class, the actor's (x, feet y, scale, angle, pivot) at every frame.
 
 
-def _motion(name: str, T: int, H: int, W: int, ground: float, size: float, rng):
+def _motion(name: str, T: int, H: int, W: int, ground: float, size: float, rng, speeds: str = "accelerate"):
     t = np.arange(T, dtype=np.float32)
     onset = rng.uniform(0.08, 0.3) * T  # at rest before the onset; the arrow of time starts here
     tau = np.clip(t - onset, 0, None)
     span = T - onset
+    # "mixed": half the videos run the other way in speed: off at full speed, slowing to rest (as a
+    # slide under friction does), so how much moves says nothing of when; sways then die down.
+    slowing = speeds == "mixed" and rng.random() < 0.5
+    ramp = lambda u: 1 - (1 - u) ** 2 if slowing else u**2  # from 0 to 1 over the motion
     x = np.full(T, rng.uniform(0.3, 0.7) * W, np.float32)
     y = np.full(T, ground, np.float32)
     scale = np.ones(T, np.float32)
@@ -180,7 +184,7 @@ def _motion(name: str, T: int, H: int, W: int, ground: float, size: float, rng):
         d = -1 if name == "MoveLeft" else 1
         x[:] = (0.5 - d * rng.uniform(0.25, 0.35)) * W
         dist = rng.uniform(0.5, 0.65) * W
-        x += d * dist * (tau / span) ** 2
+        x += d * dist * ramp(tau / span)
     elif name == "Jump":
         g = 2 * rng.uniform(0.9, 1.3) * size / (0.2 * span) ** 2  # first hop ~1 body high
         v, h, vel = [], 0.0, math.sqrt(2 * g * size * rng.uniform(0.9, 1.3))
@@ -209,19 +213,19 @@ def _motion(name: str, T: int, H: int, W: int, ground: float, size: float, rng):
             pos.append(h)
         y = ground - np.asarray(pos, np.float32)
     elif name == "Rise":
-        y -= rng.uniform(0.55, 0.75) * H * (tau / span) ** 2
+        y -= rng.uniform(0.55, 0.75) * H * ramp(tau / span)
     elif name in ("SpinClockwise", "SpinCounterClockwise"):
         d = 1 if name == "SpinClockwise" else -1
         pivot = 0.5
         y -= 0.5 * size  # spin about the middle: keep the body where it stood
-        angle = d * rng.uniform(2.5, 4.0) * math.pi * (tau / span) ** 2
+        angle = d * rng.uniform(2.5, 4.0) * math.pi * ramp(tau / span)
     elif name in ("Approach", "Recede"):
         s0, s1 = (0.55, 1.45) if name == "Approach" else (1.45, 0.55)
-        scale = s0 + (s1 - s0) * (tau / span) ** 2
+        scale = s0 + (s1 - s0) * ramp(tau / span)
         y = ground - 0.12 * H + 0.2 * H * (scale - 0.55) / 0.9  # nearer means lower in the frame
     elif name == "Sway":
         period = rng.uniform(14, 22)
-        amp = np.radians(rng.uniform(25, 40)) * (tau / span)
+        amp = np.radians(rng.uniform(25, 40)) * ((1 - tau / span) * (tau > 0) if slowing else tau / span)
         angle = amp * np.sin(2 * np.pi * tau / period)
     else:
         raise ValueError(f"unknown class {name!r}")
@@ -296,7 +300,7 @@ def render_video(cfg: SynthConfig, cls: int, group: int, clip: int) -> np.ndarra
     colors = (look["colors"] + rng.normal(0, 10, (3, 3))).clip(0, 255).astype(np.float32)
     facing = 1 if name == "MoveRight" else -1 if name == "MoveLeft" else int(rng.choice([-1, 1]))
     sprite = _actor_sprite(look["style"], int(round(size)), colors, facing)
-    xs, ys, scales, angles, pivot = _motion(name, T, H, W, ground_y, size, rng)
+    xs, ys, scales, angles, pivot = _motion(name, T, H, W, ground_y, size, rng, cfg.speeds)
 
     noise_bank = rng.normal(0, rng.uniform(3, 7), (8, H, W, 1)).astype(np.float32)
     frames = np.empty((T, H, W, 3), np.uint8)
@@ -380,7 +384,7 @@ def generate(out: str, cfg: SynthConfig | None = None, workers: int | None = Non
     meta = {"config": asdict(cfg), "classes": {n: CLASSES[n] for n in list(CLASSES)[: cfg.classes]}}
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
-            old = json.load(f)["config"]
+            old = {**asdict(SynthConfig()), **json.load(f)["config"]}  # options added since take their defaults
         if old != asdict(cfg):
             raise ValueError(f"{out} holds a synthetic dataset made with {old}; choose another folder")
     elif os.path.isdir(out) and os.listdir(out):  # e.g. a real dataset: its split files would be replaced

@@ -14,9 +14,10 @@ from torch import nn
 
 from .clip_order import ClipOrderTask
 from .joint import JointTask
+from .random_labels import RandomLabelTask
 from .rotation import ROTATION_SETS, RotationTask
 
-TASKS = ("rotation", "clip_order", "joint")
+TASKS = ("rotation", "clip_order", "joint", "random_labels")
 
 
 def build_task(opts, feature_dim: int) -> nn.Module:
@@ -30,6 +31,8 @@ def build_task(opts, feature_dim: int) -> nn.Module:
         return order()
     if opts.task == "joint":
         return JointTask(rotation(), order(), opts.rotation_weight, opts.order_weight)
+    if opts.task == "random_labels":  # the control: as many labels as the rotation set has angles
+        return RandomLabelTask(feature_dim, len(ROTATION_SETS.get(opts.rotations) or range(8)))
     raise ValueError(f"unknown task {opts.task!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -44,4 +47,13 @@ class PretextModel(nn.Module):
         return self.task.step(self.backbone, x, g, targets)
 
 
-__all__ = ["ClipOrderTask", "JointTask", "PretextModel", "RotationTask", "ROTATION_SETS", "TASKS", "build_task"]
+__all__ = [
+    "ClipOrderTask",
+    "JointTask",
+    "PretextModel",
+    "RandomLabelTask",
+    "RotationTask",
+    "ROTATION_SETS",
+    "TASKS",
+    "build_task",
+]
