@@ -346,7 +346,7 @@ class ReproduceConfig:
     data: str | None = None  # folder holding the datasets: ROOT/UCF101, ROOT/HMDB51, ROOT/kinetics, ROOT/mit (a ROOT/X-cache beside one is used); smoke scale: where the embedded dataset is written (unset: beside --out)
     scale: Literal["full", "smoke"] = "full"  # full: the paper's protocol (GPU, real data); smoke: the same stages at CPU size on the embedded dataset, in minutes
     out: str | None = None  # output folder: one folder per stage, table.md, table.json; unset: runs/reproduce/NAME[-smoke]
-    seeds: str | None = None  # comma-separated seeds for every fine-tuning stage; unset: the recipe's
+    seeds: str | None = None  # comma-separated seeds for every fine-tuning stage and every stage that runs per seed (the recipe's seeds: list); unset: the recipe's
     device: Device = "auto"  # where the networks run
     list: bool = False  # list the recipes: what each reproduces and which datasets it needs
 
