@@ -142,7 +142,7 @@ def test_the_random_label_control_trains_on_targets_that_say_nothing(tiny_synth,
     from vidssl.tasks import RandomLabelTask, build_task
 
     task = build_task(PretrainConfig("d", task="random_labels"), 16)
-    assert isinstance(task, RandomLabelTask) and task.classes == 4 and task.chance == 0.25
+    assert isinstance(task, RandomLabelTask) and len(task.angles) == 4 and task.chance == 0.25
     a, b = torch.rand(6, 3, 4, 8, 8), torch.rand(6, 3, 4, 8, 8)
     xa, ya = task.make_batch(a, torch.Generator().manual_seed(1))
     xb, yb = task.make_batch(b, torch.Generator().manual_seed(1))

@@ -31,8 +31,8 @@ def build_task(opts, feature_dim: int) -> nn.Module:
         return order()
     if opts.task == "joint":
         return JointTask(rotation(), order(), opts.rotation_weight, opts.order_weight)
-    if opts.task == "random_labels":  # the control: as many labels as the rotation set has angles
-        return RandomLabelTask(feature_dim, len(ROTATION_SETS.get(opts.rotations) or range(8)))
+    if opts.task == "random_labels":  # the control: as many labels as the rotation set has angles (360: 8)
+        return RandomLabelTask(feature_dim, opts.rotations if ROTATION_SETS[opts.rotations] else "8way")
     raise ValueError(f"unknown task {opts.task!r}; choose one of {', '.join(TASKS)}")
 
 
