@@ -151,8 +151,10 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, don
         values["init" if command != "eval-pretext" else "checkpoints"] = source
     if split:
         values["split"] = split
-    if seed is not None:
-        values["seeds" if command == "finetune" else "seed"] = str(seed) if command == "finetune" else seed
+    if seed is not None and command == "finetune":
+        values["seeds"] = str(seed)  # a fine-tuning takes its seeds as a comma-separated list
+    elif seed is not None:
+        values["seed"] = seed
     if cfg.scale == "smoke":
         length = values.get("clip_length") or 16
         for k, v in SMOKE[command].items():  # None: leave the option unset
