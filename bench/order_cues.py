@@ -55,9 +55,8 @@ def main() -> None:
     for i in range(len(ds)):
         for d in range(a.draws):
             idx = ds.frame_indices(i, torch.Generator().manual_seed(sample_seed(0, d, i)))
-            clips = (
-                ds.read(i, idx.reshape(-1)).reshape(*idx.shape, *ds.read(i, idx[0, :1]).shape[1:]).astype(np.float32)
-            )
+            frames = ds.read(i, idx.reshape(-1))
+            clips = frames.reshape(*idx.shape, *frames.shape[1:]).astype(np.float32)
             energy.append(np.abs(np.diff(clips, axis=1)).mean(axis=(1, 2, 3, 4)))
             bright.append(clips.mean(axis=(1, 2, 3, 4)))
             labels.append(ds.records[i].label)

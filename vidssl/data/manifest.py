@@ -46,7 +46,8 @@ def manifest(root, split: int = 1, subset: str = "train", **kwargs) -> ClipDatas
     if split > FOLDS:  # validation: split k's training persons only, the last third of them held out
         persons = [p for p in persons if p not in held]
         rows = [r for r in rows if r[2] in persons]
-        held = set(persons[len(persons) - -(-len(persons) // FOLDS) :])
+        per = -(-len(persons) // FOLDS)
+        held = set(persons[-per:])
     classes = sorted({c for _, c, _ in rows})
     keep = [r for r in rows if subset == "all" or (r[2] in held) == (subset == "test")]
     items, repeated = dedupe([(rel, classes.index(c)) for rel, c, _ in keep], path)
