@@ -284,12 +284,12 @@ def _spread(values: list[float]) -> str:
 
 
 def _values(cfg: ReproduceConfig, recipe: dict, done: dict, name: str, metric: str) -> list[float]:
-    """A stage's metric, one value per run (split x seed; a fine-tuning's own seeds each count)."""
+    """A stage's metric, one value per run: per split and seed, or per seed of a single fine-tuning."""
     stage = next(s for s in recipe["stages"] if s["name"] == name)
     entries = [done[(name, *run)] for run in runs(cfg, stage)]
-    if all(metric in e.get("values", {}) for e in entries):
-        return [v for e in entries for v in e["values"][metric]]  # one run per seed
-    return [e["metrics"][metric] for e in entries]
+    if len(entries) == 1 and metric in entries[0].get("values", {}):
+        return entries[0]["values"][metric]  # one run per seed
+    return [e["metrics"][metric] for e in entries]  # one value per split (and seed), as before
 
 
 def table_rows(cfg: ReproduceConfig, recipe: dict, done: dict) -> list[dict]:
