@@ -11,11 +11,12 @@ PAPER_PARAMS = {
     "r3d_10": 14_361_792,
     "r21d_10": 14_365_303,
     "r3d_18": 33_166_272,
+    "r2plus1d_18": 31_300_125,  # torchvision's 31,505,325 without its 400-class fc (512 x 400 + 400)
     "resnet18_3d": 33_030_080,
 }
 
 
-def test_registry_holds_the_five_backbones():
+def test_registry_holds_the_six_backbones():
     assert backbones.names() == list(PAPER_PARAMS)
     with pytest.raises(ValueError, match="unknown backbone 'r50'; choose one of c3d, r3d_10"):
         backbones.build("r50")
@@ -52,7 +53,7 @@ def test_blocks_conv1_to_conv5_hold_every_parameter(name):
     assert model.first_conv is next(m for m in model.conv1.modules() if isinstance(m, torch.nn.Conv3d))
 
 
-@pytest.mark.parametrize("name", ["c3d", "r3d_10", "r21d_10", "r3d_18"])
+@pytest.mark.parametrize("name", ["c3d", "r3d_10", "r21d_10", "r3d_18", "r2plus1d_18"])
 def test_vcop_shapes_at_16x112x112(name):
     info = backbone_info(name)
     assert info["feature"] == 512

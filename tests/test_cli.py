@@ -117,6 +117,56 @@ def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
     page = open(out / "report.html").read()
     for title in ("Pretext accuracy", "Fine-tuning", "Retrieval", "Run time"):
         assert title in md and title in page
+    import base64
+    import re
+
+    assert "SMOKE TEST" in page.split("</title>")[0] and "SMOKE TEST" in md.splitlines()[0]  # never read as a result
+    for fact in ("vidssl", "torch", "commit", "device", "date", "seeds"):
+        assert f"<td>{fact}</td>" in page
+    assert "chance" in page and "+-" in page  # chance levels and spreads beside the accuracies
+    assert re.search(r"<td>rotation</td><td>[\d.]+</td><td>25\.0</td>", page)  # pretext: chance of 4 rotations
+    images = re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([^']+)'>", page)
+    assert {n for n, _ in images} == set(report["pictures"]) and "retrieval clip order" in report["pictures"]
+    assert all(base64.b64decode(data)[:4] == b"\x89PNG" for _, data in images)
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # opens alone: no other file is referenced
+    assert page.count("<p class=cap>") == len(images) + 4  # a caption under every picture and table
     for name, path in report["pictures"].items():
         assert os.path.getsize(path) > 1000, name
-        assert f"pictures/{os.path.basename(path)}" in page and open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_flags_of_torchvision_and_timm_are_aliases(tmp_path, capsys):
+    import yaml
+
+    args = ["pretrain", "data", "--output-dir", str(tmp_path / "o"), "-b", "6", "-j", "1", "--print-config"]
+    assert main(args) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["out"], cfg["batch_size"], cfg["workers"]) == (str(tmp_path / "o"), 6, 1)
+    assert main(["finetune", "data", "--lr-milestones", "10", "20", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["lr_milestones"] == [10, 20]
+    assert main(["retrieve", "data", "-b", "2", "--print-config"]) == 0  # retrieval's batch size too
+    assert yaml.safe_load(capsys.readouterr().out)["batch_size"] == 2
+
+
+def test_resume_path_names_the_run_folder(tmp_path):
+    from vidssl.cliargs import ArgError, translate_aliases
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("out: x\n")
+    (run / "checkpoints" / "last.json").write_text("{}")
+    fields = {"resume", "out", "dataset"}
+    for path in (str(run), str(run / "checkpoints" / "last"), str(run / "checkpoints" / "last.json")):
+        assert translate_aliases("pretrain", ["d", "--resume", path], fields) == ["d", "--resume", "--out", str(run)]
+    data = tmp_path / "data"
+    data.mkdir()  # a dataset after a bare --resume stays the dataset
+    assert translate_aliases("pretrain", ["--resume", str(data)], fields) == ["--resume", str(data)]
+    with pytest.raises(ArgError, match="is in run"):
+        translate_aliases("pretrain", ["d", "--resume", str(run), "--out", str(tmp_path / "elsewhere")], fields)
+
+
+def test_lr_milestones_decay_at_those_steps():
+    from vidssl.train import LoopConfig, lr_at
+
+    cfg = LoopConfig(batch_size=1, total_steps=100, lr=1.0, lr_milestones=(10, 30), lr_decay_every=5)
+    assert [lr_at(s, cfg) for s in (0, 9, 10, 29, 30, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_at(5, LoopConfig(batch_size=1, total_steps=100, lr=1.0, lr_decay_every=5)) == pytest.approx(0.1)

@@ -21,6 +21,7 @@ RETRIEVE = ["retrieve", "{d}", "--init", "random", "--backbone", "r3d_10", "--wi
 PROBE = ["probe", "{d}", "--init", "random", "--backbone", "r3d_10", "--width", "0.25", "--clip-length", "8",
          "--clips", "2", "--k", "3", *SMALL]  # fmt: skip
 EVAL_PRETEXT = ["eval-pretext", "{c}", "{d}", "--batch-size", "4", "--no-progress"]
+EMBED = ["embed", "{c}", "{d}", "--clips", "2", "--no-progress", "--save-every", "2"]
 
 
 def run_under_torchrun(commands: list[list[str]], tmp_path) -> subprocess.CompletedProcess:
@@ -48,12 +49,12 @@ def test_commands_under_torchrun_give_what_one_process_gives(tiny_synth, pretrai
     one, two = tmp_path / "one", tmp_path / "two"
     # One process: batch 4. Two processes: batch 2 each, so every step sees the same 4 clips.
     assert main(fill(FINETUNE, one / "ft") + ["--batch-size", "4"]) == 0
-    for args, name in ((RETRIEVE, "rt"), (PROBE, "pr"), (EVAL_PRETEXT, "ep")):
+    evaluations = ((RETRIEVE, "rt"), (PROBE, "pr"), (EVAL_PRETEXT, "ep"), (EMBED, "emb.safetensors"))
+    for args, name in evaluations:
         assert main(fill(args, one / name)) == 0
     capsys.readouterr()
     r = run_under_torchrun(
-        [fill(FINETUNE, two / "ft") + ["--batch-size", "2"]]
-        + [fill(args, two / name) for args, name in ((RETRIEVE, "rt"), (PROBE, "pr"), (EVAL_PRETEXT, "ep"))],
+        [fill(FINETUNE, two / "ft") + ["--batch-size", "2"]] + [fill(args, two / name) for args, name in evaluations],
         tmp_path,
     )
     assert r.returncode == 0, _failure(r)
@@ -68,7 +69,11 @@ def test_commands_under_torchrun_give_what_one_process_gives(tiny_synth, pretrai
     assert load_file(str(one / "ft/seed0/checkpoints/last.safetensors"))["fc.weight"].allclose(
         load_file(str(two / "ft/seed0/checkpoints/last.safetensors"))["fc.weight"], atol=1e-5
     )
-    # Features: the same rows in the same order.
+    # Features: the same rows in the same order (embed: each rank every second video, rank 0 writes).
+    from vidssl.embed import read_embeddings
+
+    (ea, na, _), (eb, nb, mb) = (read_embeddings(str(d / "emb.safetensors")) for d in (one, two))
+    assert na == nb and len(na) == 18 and torch.allclose(ea, eb, atol=1e-5) and mb["world"] == 2
     for name in ("rt", "pr"):
         for tag in ("query", "gallery"):
             fa = load_file(str(one / name / f"features_{tag}.safetensors"))

@@ -254,3 +254,16 @@ def test_bf16_default_is_on_only_where_it_is_faster():
     if not bf16_fast(cpu):  # e.g. this CI's CPUs: no AMX -> fp32, and one line says why
         use, why = bf16_choice(None, cpu)
         assert not use and why == "fp32 on cpu: bf16 is not faster here (this CPU has no AMX); --bf16 forces it"
+
+
+def test_test_only_gives_the_test_of_the_run_that_made_the_checkpoint(tiny_synth, pretrained, tmp_path):
+    common = dict(batch_size=4, lr=0.05, test_clips=2, workers=0, tensorboard=False, **SMALL)
+    ran = finetune(FinetuneConfig(tiny_synth, init=pretrained, out=str(tmp_path / "a"), iters=3, **common))
+    last = str(tmp_path / "a" / "seed0" / "checkpoints" / "last")
+    again = finetune(FinetuneConfig(tiny_synth, init=last, out=str(tmp_path / "t"), test_only=True, **common))
+    assert again["runs"][0]["video_top1"] == ran["runs"][0]["video_top1"]
+    a, t = (load_file(str(tmp_path / d / "seed0" / "scores.safetensors"))["clip_probs"] for d in ("a", "t"))
+    assert torch.equal(a, t) and not os.path.isdir(str(tmp_path / "t" / "seed0" / "checkpoints"))  # nothing trained
+    assert again["runs"][0]["tested"]["checkpoint"] == os.path.abspath(last)
+    with pytest.raises(checkpoint.CheckpointError, match="--test-only tests a fine-tuned checkpoint"):
+        finetune(FinetuneConfig(tiny_synth, init=pretrained, out=str(tmp_path / "p"), test_only=True, **common))

@@ -132,6 +132,14 @@ def test_checkpoints_logs_and_rebuilding_from_the_file(small_synth, tmp_path):
     header = open(out / "log.csv").readline().strip().split(",")
     assert header[:5] == ["step", "epoch", "split", "loss", "acc"] and "clips_per_s" in header and "lr" in header
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tb"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
+    ea.Reload()
+    assert "config/text_summary" in ea.Tags()["tensors"]  # the resolved config as text
+    text = ea.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert '| rotations | "0,90,180,270" |' in text and "| lr | 0.01 |" in text
+    assert "_hparams_/session_start_info" in ea.PluginTagToContent("hparams")  # the final metrics as hparams
     # a run of another model refuses to resume from these checkpoints, naming both values
     with pytest.raises(ValueError, match=r"--backbone 'c3d' \(the run has 'r3d_10'\)"):
         pretrain(

@@ -57,6 +57,8 @@ def test_a_recipe_at_smoke_scale_writes_a_complete_table_and_resumes(name, tmp_p
         float(row["ours"].split()[0])  # a number, for every row
         assert row["paper"] != "-" and row["difference"].startswith(("+", "-")) and row["source"].startswith("Table")
     assert len(table["times"]) == len(recipe["stages"]) and "Wall time per stage" in open(out / "table.md").read()
+    page = open(out / "table.html").read()  # the shareable page: titled a smoke test, with where it ran
+    assert "SMOKE TEST" in page.split("</title>")[0] and "<td>device</td>" in page and "<td>torch</td>" in page
     # Again: every stage is read back, none is run.
     assert main(args) == 0
     assert f"[{name}]" not in capsys.readouterr().out
@@ -108,7 +110,7 @@ def test_stages_run_per_split_and_seed_and_gain_rows_pair_runs(tmp_path, monkeyp
     cfg = ReproduceConfig("weizmann", scale="smoke", out=str(out), data=str(tmp_path / "data"))
     table = R.reproduce(cfg)
     assert sorted(os.listdir(out)) == sorted(
-        [f"{s['name']}-split1-seed{k}" for s in stages for k in (0, 1)] + ["table.json", "table.md"]
+        [f"{s['name']}-split1-seed{k}" for s in stages for k in (0, 1)] + ["table.html", "table.json", "table.md"]
     )
     record = lambda name, seed: json.load(open(out / f"{name}-split1-seed{seed}" / "stage.json"))
     for seed in (0, 1):

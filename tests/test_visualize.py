@@ -50,3 +50,11 @@ def test_curves_and_retrieval_pictures(tmp_path):
     img = np.zeros((12, 16, 3), np.uint8)
     rows = [{"query": (img, "Jump"), "neighbours": [(img, "Jump"), (img, "Fall")]}]
     assert is_png(retrieval_figure(rows, str(tmp_path / "r.png")))
+
+
+def test_kernel_panels_are_titled_by_their_run():
+    from vidssl.visualize import run_label
+
+    assert run_label("runs/pt-rot/checkpoints/best.json") == "pt-rot (best)"
+    assert run_label("runs/ft/seed0/checkpoints/last") == "ft/seed0 (last)"
+    assert run_label("torchvision:/w/r3d_18-b3b3357e.pth") == "r3d_18-b3b3357e.pth"

@@ -129,7 +129,12 @@ META_TYPES = (
 
 
 def read_meta(path: str) -> dict:
-    """The JSON of a checkpoint; refuses anything that is not a complete vidssl checkpoint."""
+    """The JSON of a checkpoint; refuses anything that is not a complete vidssl checkpoint.
+    ``torchvision:FILE`` and Hugging Face-style folders are read by vidssl.convert."""
+    from .convert import foreign
+
+    if (got := foreign(path)) is not None:
+        return got[0]
     jpath = _json_path(path)
     base = jpath[: -len(".json")]
     finish_save(base)  # a save killed half-way through its renames
@@ -138,8 +143,8 @@ def read_meta(path: str) -> dict:
     if not os.path.isfile(jpath):
         if path.endswith((".pt", ".pth", ".ckpt", ".tar", ".pkl")):
             raise CheckpointError(
-                f"{path}: pickle-based checkpoints are not loaded (they can run code); "
-                "vidssl reads its own safetensors + JSON checkpoints"
+                f"{path}: pickle-based checkpoints are not loaded (they can run code); vidssl reads its own "
+                f"safetensors + JSON checkpoints, and a torchvision state_dict as torchvision:{path} (tensors only)"
             )
         raise CheckpointError(f"{jpath}: checkpoint not found")
     try:
@@ -171,6 +176,10 @@ def _commit_of(path: str) -> str | None:
 def load_weights(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """(meta, weights) of a checkpoint, read with safetensors (no code runs). Checks that the
     weights belong to the JSON (same commit id); a save landing between the two reads is retried."""
+    from .convert import foreign
+
+    if (got := foreign(path)) is not None:
+        return got
     base = _json_path(path)[: -len(".json")]
     for attempt in range(3):
         meta = read_meta(path)
@@ -280,13 +289,20 @@ class EncoderInfo:
         return clip_frames(self.clip_length, self.modality)
 
 
-def load_encoder(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, EncoderInfo]:
-    """The backbone of any vidssl checkpoint (pretraining or fine-tuning), weights loaded strictly,
-    and how it was trained (modality, clip length, frame size, crop)."""
+def load_encoder(path: str, device: str | torch.device = "cpu"):
+    """An ``Encoder`` (vidssl.embed): the backbone of any vidssl checkpoint (pretraining or
+    fine-tuning), of a model folder or of ``torchvision:FILE``, weights loaded strictly, and how it
+    was trained (``.info``: modality, clip length, frame size, crop). ``enc.embed(video)`` gives a
+    video's feature; ``backbone, info = load_encoder(path)`` unpacks it."""
+    from .convert import PREFIX
+    from .embed import Encoder
+
     backbone, meta = load_backbone(path, device)
     cfg = meta.get("config") or {}
     modality = meta.get("modality") or cfg.get("modality") or "rgb"
     size = meta.get("frame_size") or cfg.get("frame_size")
+    rotations = cfg.get("rotations") if meta.get("kind") == "pretrain" and meta.get("task") != "clip_order" else None
+    rotations = meta.get("rotations", rotations)  # a model folder's config.json says it
     info = EncoderInfo(
         backbone=meta["backbone"],
         width=meta["width"],
@@ -297,10 +313,10 @@ def load_encoder(path: str, device: str | torch.device = "cpu") -> tuple[nn.Modu
         kind=meta.get("kind", "pretrain"),
         task=meta.get("task"),
         step=meta.get("step"),
-        path=os.path.abspath(path),
-        rotations=cfg.get("rotations") if meta.get("kind") == "pretrain" and meta.get("task") != "clip_order" else None,
+        path=PREFIX + os.path.abspath(path[len(PREFIX) :]) if path.startswith(PREFIX) else os.path.abspath(path),
+        rotations=rotations,
     )
-    return backbone, info
+    return Encoder(backbone, info)
 
 
 def load_pretext_model(path: str, device: str | torch.device = "cpu"):

@@ -16,6 +16,7 @@ import os
 import sys
 
 from . import __version__
+from .cliargs import ArgError, _one_line, _registry, _take, read_config_file, translate_aliases
 from .errors import error_line, signals_end_the_command, user_errors
 
 # name -> (config class in vidssl.config, runner, one-line help)
@@ -30,6 +31,8 @@ COMMANDS = {
     "fuse": ("FuseConfig", "run_fuse", "late fusion of two fine-tuned models (RGB + DIF)"),
     "probe": ("ProbeConfig", "run_probe", "linear and k-NN classifiers on frozen features"),
     "visualize": ("VisualizeConfig", "run_visualize", "attention maps, kernels, retrieval samples, curves"),
+    "embed": ("EmbedConfig", "run_embed", "one feature per video from a trained network, to a safetensors file"),
+    "convert": ("ConvertConfig", "run_convert", "weights in and out: torchvision, a model folder, ONNX"),
     "info": ("InfoConfig", "run_info", "parameters, FLOPs and feature shapes of every backbone"),
     "demo": ("DemoConfig", "run_demo", "the main job on the embedded synthetic dataset"),
     "reproduce": ("ReproduceConfig", "run_reproduce", "one paper table: run its recipe, ours beside the paper's"),
@@ -39,7 +42,9 @@ CONFIG_HELP = (
     "Options can also come from a config file: --config FILE.yaml sets the same fields (flags given "
     "with it override the file); --print-config prints the resolved config in that format and exits. "
     "Every run stores its config as OUT/config.yaml. --preset NAME starts from a built-in config "
-    "(finetune: 3drotnet, vcop; a --config file and flags override it)."
+    "(finetune: 3drotnet, vcop; a --config file and flags override it). Flags of torchvision's reference "
+    "scripts and timm are accepted as aliases: --output-dir (--out), -b (--batch-size), -j (--workers), "
+    "--resume PATH (a run folder or a checkpoint in it: --resume --out RUN)."
 )
 
 
@@ -58,76 +63,6 @@ def top_help() -> str:
     return "\n".join(lines)
 
 
-class ArgError(Exception):
-    """A command line that does not parse: the one line to print."""
-
-
-def _one_line(event) -> str | None:
-    """One line for a tyro parse error (None: let tyro print its own)."""
-    from tyro import _errors as te
-
-    arg = getattr(event, "argument", None)
-    name = "/".join(arg.lowered.name_or_flags) if arg is not None and arg.lowered.name_or_flags else "value"
-    if isinstance(event, te.InvalidChoice):
-        return f"argument {name}: invalid choice: {event.value!r} (choose from {', '.join(map(repr, event.choices))})"
-    if isinstance(event, te.UnrecognizedArgs):
-        return f"unrecognized arguments: {' '.join(event.tokens)}"
-    if isinstance(event, te.MissingArgs):
-        names = [m.arg.lowered.metavar or "/".join(m.arg.lowered.name_or_flags) for m in event.missing_arguments]
-        return f"the following arguments are required: {', '.join(names)}"
-    if isinstance(event, te.BadValue):
-        given = f" {event.offending_value!r}" if event.offending_value else ""
-        return f"argument {name}: {event.reason.replace('_', ' ')}{given}"
-    if isinstance(event, te.InstantiationFailure):
-        text = event.message.strip().splitlines()[0]
-        if text.startswith("no type matching"):  # e.g. --iters x for an int-or-unset option
-            metavar = arg.lowered.metavar if arg is not None else ""
-            given = text.split(" from ", 1)[-1].rstrip(".")
-            return f"argument {name}: {given} is not {metavar.lower().replace('{none}|', 'none or ')}"
-        return f"argument {name}: {text}"
-    return None
-
-
-def _take(args: list[str], flag: str, with_value: bool) -> tuple[list[str], str | bool | None]:
-    """``args`` without ``flag`` (and its value), and that value (True for a bare flag, None if absent)."""
-    rest, value, it = [], None, iter(range(len(args)))
-    for i in it:
-        a = args[i]
-        if a == flag:
-            if not with_value:
-                value = True
-                continue
-            if i + 1 >= len(args):
-                raise ArgError(f"argument {flag}: expected a file")
-            value = args[i + 1]
-            next(it)
-        elif with_value and a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-    return rest, value
-
-
-def read_config_file(path: str) -> dict:
-    """Options from a YAML (or JSON) file; a run's config.json is read for the config it stores."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: config file not found")
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: not a readable config file ({str(e).splitlines()[0]})") from None
-    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "kind" in data:
-        data = data["config"]  # the config.json a pretraining or fine-tuning run wrote
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file holds `option: value` lines, not a {type(data).__name__}")
-    return data
-
-
 def parse_command(name: str, args: list[str]):
     """(config, print_config) for ``vidssl NAME ARGS``; raises ArgError or a user error."""
     import tyro
@@ -136,6 +71,7 @@ def parse_command(name: str, args: list[str]):
     from . import config
 
     cls = getattr(config, COMMANDS[name][0])
+    args = translate_aliases(name, args, set(cls.__dataclass_fields__))
     args, path = _take(args, "--config", True)
     args, show = _take(args, "--print-config", False)
     args, name_of_preset = _take(args, "--preset", True)
@@ -165,28 +101,6 @@ def parse_command(name: str, args: list[str]):
         cfg = tyro.cli(cls, args=args, prog=f"vidssl {name}", default=default, description=description,
                        registry=_registry())  # fmt: skip
     return cfg, bool(show)
-
-
-def _registry():
-    """tyro's constructors, plus: an unset option is written `none` (or `None`) on the command line."""
-    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
-
-    registry = ConstructorRegistry()
-
-    @registry.primitive_rule
-    def none_rule(type_info):
-        if type_info.type is not type(None):
-            return None
-        return PrimitiveConstructorSpec(
-            nargs=1,
-            metavar="{none}",
-            choices=("none", "None"),
-            instance_from_str=lambda args: None,
-            is_instance=lambda x: x is None,
-            str_from_instance=lambda instance: ["none"],
-        )
-
-    return registry
 
 
 def resolved(name: str, cfg):
@@ -396,6 +310,20 @@ def run_info(cfg) -> None:
         r["params"] = f"{r['params']:,}"
     print(f"clip 3x{cfg.frames}x{cfg.size[0]}x{cfg.size[1]}, width {cfg.width}; FLOPs = 2 x multiply-adds, forward")
     print(format_table(rows, ["backbone", "params", "gflops", "feature", "conv5", "retrieval"]))
+
+
+def run_embed(cfg) -> None:
+    from .embed import embed_videos
+
+    r = embed_videos(cfg)
+    if _main_rank():
+        print(f"{r['out']}: features {tuple(r['shape'])} of {r['videos']} videos ({r['skipped']} skipped)")
+
+
+def run_convert(cfg) -> None:
+    from .convert import convert
+
+    print(f"wrote {convert(cfg)}")
 
 
 def run_demo(cfg) -> None:

@@ -80,6 +80,7 @@ class LoopOptions:
     weight_decay: NonNegative[float] = 5e-4  # weight decay
     schedule: Schedule = "step"  # step: x0.1 every --lr-decay-every steps (papers); cosine: to 0 at the end
     lr_decay_every: NonNegative[int] | None = None  # steps between x0.1 decays (0: never)
+    lr_milestones: tuple[int, ...] = ()  # steps at which the rate is multiplied by 0.1 (schedule step; replaces --lr-decay-every). torchvision's scripts count epochs here, vidssl steps
     warmup: NonNegative[int] = 0  # steps of linear learning-rate warm-up
     workers: NonNegative[int] | None = None  # DataLoader workers; unset: the number of cores, at most 8
     on_nan: OnNan = "stop"  # a NaN/inf loss: stop naming the step and last checkpoint, or skip the batch
@@ -211,6 +212,7 @@ class FinetuneConfig(LoopOptions, DataOptions, TrainRuntimeOptions):
     lr_decay_every: NonNegative[int] = 4000  # steps between x0.1 decays (0: never)
     test_clips: Positive[int] = 10  # clips per test video, evenly spaced
     val_videos: NonNegative[int] | None = 0  # training videos held out for validation each epoch (0: none); unset: VCOP's 800 (HMDB51: 400)
+    test_only: bool = False  # only test --init, a fine-tuned checkpoint with its classifier (torchvision's --test-only)
     test_checkpoint: Literal["last", "best"] = "last"  # the weights tested: the last, or those of lowest validation loss (VCOP; needs --val-videos)
 
 
@@ -321,6 +323,34 @@ class SynthConfig:
 class SynthCommand(SynthConfig):
     out: Annotated[str, Positional, arg(metavar="OUT")] = "data/synth"  # folder to write UCF-101/ and ucfTrainTestlist/ into
     workers: NonNegative[int] = 0  # parallel processes (0: one per core)
+
+
+@dataclass
+class ConvertConfig:
+    """Weights out of vidssl (torchvision state_dict, model folder, ONNX) and in (torchvision:FILE -> a vidssl checkpoint)."""
+
+    source: Annotated[str, Positional, arg(metavar="SOURCE")] = field(kw_only=False)  # a vidssl checkpoint, a model folder (config.json + model.safetensors), or torchvision:FILE (an r3d_18 / r2plus1d_18 state_dict, .pth or .safetensors)
+    out: Annotated[str, Positional, arg(metavar="OUT")] = field(kw_only=False)  # what to write: a checkpoint NAME (vidssl), FILE.pt or FILE.safetensors (torchvision), a folder (hf), FILE.onnx (onnx); never overwritten
+    to: Literal["vidssl", "torchvision", "hf", "onnx"] = "vidssl"  # the format of OUT
+    num_classes: Positive[int] = 400  # torchvision: classes of the fc written when SOURCE has no classifier (a new fc; a fine-tuned checkpoint keeps its own)
+    seed: int = 0  # seed of that new fc
+    opset: Positive[int] = 18  # ONNX opset (the torch.export-based exporter's own)
+
+
+@dataclass
+class EmbedConfig(RuntimeOptions):
+    """One feature per video, the clips prepared as the network was trained; OUT.safetensors holds `features` and, in its metadata, the videos (row order) and the settings."""
+
+    checkpoint: Annotated[str, Positional, arg(metavar="CHECKPOINT")] = field(kw_only=False)  # a vidssl checkpoint, a model folder, or torchvision:FILE
+    videos: Annotated[tuple[str, ...], Positional, arg(metavar="VIDEOS")] = field(kw_only=False)  # video files and folders (searched recursively)
+    out: str = "embeddings.safetensors"  # output file (a killed run resumes from OUT.parts/ when the settings are the same)
+    overwrite: bool = False  # OUT exists: replace it (else refused)
+    clips: Positive[int] = 10  # clips per video, evenly spaced
+    clip_length: Positive[int] | None = None  # frames per clip; unset: the checkpoint's
+    feature: Literal["pooled", "vcop"] = "pooled"  # pooled: global average (512 at full width); vcop: conv5 max-pooled (1,2,2), flattened
+    per_clip: bool = False  # keep every clip's feature: (videos, clips, D) instead of their mean (videos, D)
+    save_every: Positive[int] = 100  # videos between partial saves
+    progress: bool = True  # progress bar
 
 
 @dataclass

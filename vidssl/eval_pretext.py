@@ -35,6 +35,7 @@ def pretext_accuracy(
     seed: int = 0,
     batch_size: int = 8,
     runtime: Runtime | None = None,
+    progress: bool = False,
 ) -> dict:
     """Pretext loss and accuracy (and the task's other metrics) of a model on a dataset, each video
     ``draws`` times with new clips and targets, in eval mode. Targets are fixed per (seed, draw,
@@ -55,7 +56,8 @@ def pretext_accuracy(
 
     for d in range(draws):
         dataset.set_epoch(d)  # new clips each draw (a Subset reads the same dataset)
-        per_draw.append(evaluate(model, step_fn, data_loader(part, batch_size), d, failures, runtime=rt))
+        title = f"pretext, draw {d + 1} of {draws}" if progress else None
+        per_draw.append(evaluate(model, step_fn, data_loader(part, batch_size), d, failures, runtime=rt, bar=title))
     return {k: sum(m[k] for m in per_draw) / len(per_draw) for k in per_draw[0]}
 
 
@@ -114,7 +116,8 @@ def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
             progress=cfg.progress and rt.main,
         )
         rt.announce()
-        m = pretext_accuracy(model, pcfg, ds, draws=cfg.draws, batch_size=cfg.batch_size, runtime=rt)
+        m = pretext_accuracy(model, pcfg, ds, draws=cfg.draws, batch_size=cfg.batch_size, runtime=rt,
+                             progress=cfg.progress)  # fmt: skip
         row = {
             "checkpoint": path,
             "step": meta.get("step"),

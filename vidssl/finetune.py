@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
+from tqdm import tqdm
 
 from . import backbones
-from .checkpoint import CheckpointError, load_encoder, load_weights, read_meta
+from .checkpoint import CheckpointError, load_encoder, load_strictly, load_weights, read_meta
 from .config import FinetuneConfig, check_ranges, to_plain, write_config
 from .data.datasets import detect_kind, load_dataset
 from .data.loading import FailureLog
@@ -99,14 +100,15 @@ def score_report(clip_probs: torch.Tensor, labels: torch.Tensor, classes: list[s
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, dataset, modality: str, runtime: Runtime, batch_size: int = 4, workers: int = 0
+    model: nn.Module, dataset, modality: str, runtime: Runtime, batch_size: int = 4, workers: int = 0, progress=False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(V, K, C)`` softmax probabilities of every clip of every video, and the labels. A video
     that fails to decode is left out with a warning and removed from ``dataset`` (its records
     match the rows)."""
     model.eval()
     probs, labels, failed, failures = [], [], [], FailureLog()
-    for clips, y, _, bad in data_loader(dataset, batch_size, num_workers=workers):
+    loader = data_loader(dataset, batch_size, num_workers=workers)
+    for clips, y, _, bad in tqdm(loader, desc="test", disable=not (progress and runtime.main), leave=False):
         failures.note(bad)
         failed += bad
         if len(clips) == 0:
@@ -143,6 +145,19 @@ def _init_backbone(cfg: FinetuneConfig) -> tuple[nn.Module, dict]:
         "clip_length": info.clip_length,
     }
     return backbone, source
+
+
+def _load_classifier(model: Classifier, path: str, classes: list[str]) -> dict:
+    """--test-only: a fine-tuned checkpoint's backbone and classifier into ``model``, strictly."""
+    meta, weights = load_weights(path)
+    if meta.get("kind") != "finetune":
+        raise CheckpointError(f"{path}: --test-only tests a fine-tuned checkpoint (with its classifier), "
+                              f"not a {meta.get('kind')!r} one; drop --test-only to fine-tune it")  # fmt: skip
+    if meta.get("classes") != classes:
+        raise CheckpointError(f"{path}: fine-tuned on {len(meta.get('classes') or [])} other classes than the "
+                              f"dataset's {len(classes)}; test it on the dataset it was fine-tuned on")  # fmt: skip
+    load_strictly(model, {k: v.to(next(model.parameters()).device) for k, v in weights.items()}, path)
+    return {"checkpoint": os.path.abspath(path), "step": meta.get("step")}
 
 
 def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
@@ -210,7 +225,9 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
         "config": to_plain(cfg),
         "seed": seed,
     }
-    if rt.main:
+    if rt.main and cfg.test_only:
+        print(f"finetune seed {seed} | testing {cfg.init} | {len(test_set)} test videos | {rt.describe()}")
+    elif rt.main:
         held = f", {len(val_idx)} held out for validation" if val_idx else ""
         print(
             f"finetune seed {seed} | {meta['backbone']} from {source['init']} | {len(train_set)} of "
@@ -228,14 +245,19 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item()}
 
-    resume = cfg.resume and os.path.isfile(os.path.join(out, "checkpoints", "last.json"))  # else: not started
-    summary = fit(model, step_fn, train_set, val_set, loop, out, meta, rt, resume=resume)
-    tested = {"checkpoint": "last", "step": summary["steps"]}
-    if cfg.test_checkpoint == "best":
+    if cfg.test_only:
+        os.makedirs(out, exist_ok=True)
+        tested = _load_classifier(model, cfg.init, train_all.classes)
+    else:
+        resume = cfg.resume and os.path.isfile(os.path.join(out, "checkpoints", "last.json"))  # else: not started
+        summary = fit(model, step_fn, train_set, val_set, loop, out, meta, rt, resume=resume)
+        tested = {"checkpoint": "last", "step": summary["steps"]}
+    if cfg.test_checkpoint == "best" and not cfg.test_only:
         best_meta, weights = load_weights(summary["best"])
         model.load_state_dict(weights)
         tested = {"checkpoint": "best", "step": best_meta["step"], "val_loss": summary["best_val_loss"]}
-    probs, labels = rt.run_sharded(test_set, lambda part: predict(model, part, modality, rt, workers=workers))
+    test = lambda part: predict(model, part, modality, rt, workers=workers, progress=cfg.progress)
+    probs, labels = rt.run_sharded(test_set, test)
     report = score_report(probs, labels, train_all.classes)
     if rt.main:
         save_file(
@@ -284,6 +306,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if cfg.freeze_until not in FREEZE:
         raise ValueError(f"--freeze-until must be one of {', '.join(FREEZE)}")
     seeds = parse_seeds(cfg.seeds)
+    if cfg.test_only and cfg.init == "scratch":
+        raise ValueError("--test-only tests a fine-tuned checkpoint: name it with --init")
     if cfg.init != "scratch":
         read_meta(cfg.init)  # a missing checkpoint is the first thing to say, before the run folder
     claim(cfg.out, to_plain(cfg), command="finetune", resume=cfg.resume, overwrite=cfg.overwrite,

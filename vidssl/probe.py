@@ -38,21 +38,29 @@ def linear_probe(
     num_classes: int,
     weight_decay: float = 1e-3,
     steps: int = 200,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Class predictions of a multinomial logistic regression fitted by L-BFGS on standardised features."""
+    """Class predictions of a multinomial logistic regression fitted by L-BFGS on standardised features
+    (``progress``: a bar over its function evaluations, at most 1.25 x ``steps``)."""
+    from tqdm import tqdm
+
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
     x, xt = (train - mean) / std, (test - mean) / std
     w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
     b = torch.zeros(num_classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
 
+    bar = tqdm(total=steps * 5 // 4, desc="linear probe fit", disable=not progress, leave=False)  # L-BFGS max_eval
+
     def closure():
+        bar.update()
         opt.zero_grad()
         loss = F.cross_entropy(x @ w + b, train_labels) + weight_decay * w.square().sum()
         loss.backward()
         return loss
 
     opt.step(closure)
+    bar.close()
     with torch.no_grad():
         return (xt @ w + b).argmax(1)
 
@@ -85,7 +93,7 @@ def probe(cfg: ProbeConfig) -> dict:
     n = len(test_ds.classes)
     acc = lambda pred: (pred == test_labels).float().mean().item()
     result = {
-        "linear_top1": acc(linear_probe(train, train_labels, test, n, cfg.weight_decay)),
+        "linear_top1": acc(linear_probe(train, train_labels, test, n, cfg.weight_decay, progress=cfg.progress)),
         "knn_top1": acc(knn_classify(train, train_labels, test, cfg.k, num_classes=n)),
         "train_videos": len(train),
         "test_videos": len(test),

@@ -26,7 +26,7 @@ import yaml
 
 from . import config as C
 from .config import ReproduceConfig
-from .report import format_table, markdown_table
+from .report import format_table, html_page, markdown_table, provenance
 
 # CPU-sized settings of the smoke scale, per command, over each stage's own (clip lengths halved;
 # None: the option is left unset).
@@ -369,6 +369,16 @@ def reproduce(cfg: ReproduceConfig) -> dict:
         f.write(f"# {title}\n\n{recipe.get('what', '')}\n\n")
         f.write("\n".join(markdown_table(rows, columns)) + "\n\n")
         f.write("Wall time per stage (s):\n\n" + "\n".join(markdown_table(times, ["stage", "seconds"])) + "\n")
+    seeds = sorted({seed for _, _, seed in done if seed is not None})
+    caption = ("ours: mean +- sample std over the runs named in source (seeds, splits, folds); chance beside; "
+               "paper: the number typed in from the paper, where it stands there")  # fmt: skip
+    tables = [("Result", [{c: r.get(c, "") for c in columns} for r in rows], caption),
+              ("Wall time per stage (s)", times, "On the device named above.")]  # fmt: skip
+    page = html_page(
+        title, recipe.get("what", ""), provenance(seeds), {"recipe": cfg.name, "scale": cfg.scale}, tables, []
+    )
+    with open(os.path.join(cfg.out, "table.html"), "w") as f:
+        f.write(page)
     return result
 
 

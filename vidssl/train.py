@@ -10,6 +10,7 @@ optimiser, RNG, step, data position). Single process or DDP under torchrun.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ class LoopConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_decay_every: int = 0  # steps between x lr_gamma decays (0: constant)
+    lr_milestones: tuple[int, ...] = ()  # steps of the x lr_gamma decays instead (torchvision's MultiStepLR)
     lr_gamma: float = 0.1
     optimizer: str = "sgd"  # sgd (the papers) or adamw
     schedule: str = "step"  # step decay (the papers) or cosine to 0 over total_steps
@@ -54,6 +56,10 @@ class LoopConfig:
 def loop_config(opts, *, batch_size: int, total_steps: int, workers: int, seed: int, **resolved) -> LoopConfig:
     """The loop's settings from a command's LoopOptions fields; ``resolved`` gives the values a
     command decided itself (e.g. lr and lr_decay_every from the paper defaults)."""
+    milestones = tuple(getattr(opts, "lr_milestones", ()) or ())
+    if milestones and (opts.schedule != "step" or list(milestones) != sorted(set(milestones)) or milestones[0] < 0):
+        given = " ".join(map(str, milestones))
+        raise ValueError(f"--lr-milestones {given}: increasing step numbers, with --schedule step")
     return LoopConfig(
         batch_size=batch_size,
         total_steps=total_steps,
@@ -61,6 +67,7 @@ def loop_config(opts, *, batch_size: int, total_steps: int, workers: int, seed: 
         momentum=opts.momentum,
         weight_decay=opts.weight_decay,
         lr_decay_every=resolved.pop("lr_decay_every", opts.lr_decay_every),
+        lr_milestones=milestones,
         optimizer=opts.optimizer,
         schedule=opts.schedule,
         warmup=opts.warmup,
@@ -78,12 +85,15 @@ def loop_config(opts, *, batch_size: int, total_steps: int, workers: int, seed: 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
     """The learning rate at a step, a pure function of it: linear warm-up, then step decay
-    (``lr * gamma ** (step // every)``) or cosine to 0 at ``total_steps``."""
+    (``lr * gamma ** (step // every)``, or ``gamma`` at each of ``lr_milestones``) or cosine to 0 at
+    ``total_steps``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.schedule == "cosine":
         t = (step - cfg.warmup) / max(cfg.total_steps - cfg.warmup, 1)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if cfg.lr_milestones:
+        return cfg.lr * cfg.lr_gamma ** sum(step >= m for m in cfg.lr_milestones)
     if cfg.lr_decay_every <= 0:
         return cfg.lr
     return cfg.lr * cfg.lr_gamma ** (step // cfg.lr_decay_every)
@@ -150,15 +160,23 @@ class CsvLog:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, step_fn, loader, step: int, failures: FailureLog | None = None, runtime=None
+    model: nn.Module,
+    step_fn,
+    loader,
+    step: int,
+    failures: FailureLog | None = None,
+    runtime=None,
+    bar: str | None = None,
 ) -> dict[str, float]:
     """Mean loss and metrics over a loader of Batches, in eval mode (nothing in the model changes).
-    With a multi-process ``runtime``, each rank's loader holds its share and the means are over all."""
+    With a multi-process ``runtime``, each rank's loader holds its share and the means are over all.
+    ``bar``: a progress bar with that title (on rank 0)."""
     was = model.training
     model.eval()
     totals: dict[str, float] = {}
     n = 0
-    for batch in loader:
+    show = bar is not None and (runtime is None or runtime.main)
+    for batch in tqdm(loader, desc=bar, disable=not show, leave=False, dynamic_ncols=True):
         if failures is not None:
             failures.note(batch.failed)
         if len(batch.clips) == 0:
@@ -264,6 +282,9 @@ def fit(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(os.path.join(out, "tb"), purge_step=step or None)
+        settings = meta.get("config") or {}
+        rows = "\n".join(f"| {k} | {json.dumps(v)} |" for k, v in settings.items())  # the resolved config
+        writer.add_text("config", "| option | value |\n|---|---|\n" + rows, step)
     csv_log = CsvLog(os.path.join(out, "log.csv")) if main else None
 
     def record(split: str, values: dict, epoch: int) -> None:
@@ -303,6 +324,7 @@ def fit(
     )
     model.train()
     val_metrics: dict = {}
+    last_train: dict = {}
     while step < cfg.total_steps:
         epoch, pos = divmod(step, per_epoch)
         train_set.set_epoch(epoch)
@@ -336,6 +358,7 @@ def fit(
             seen += batch[0].shape[0] * world
             if step % cfg.log_every == 0 or step == cfg.total_steps:
                 rate = seen / (time.perf_counter() - tick)
+                last_train = {"loss": loss.item(), **metrics}
                 record(
                     "train", {"loss": loss.item(), **metrics, "lr": lr_at(step - 1, cfg), "clips_per_s": rate}, epoch
                 )
@@ -348,7 +371,8 @@ def fit(
             if step >= cfg.total_steps or step % per_epoch == 0:
                 break
         if val_loader is not None and (step % per_epoch == 0 or step >= cfg.total_steps):
-            val_metrics = evaluate(model, step_fn, val_loader, step, failures) if main else {}
+            title = "validation" if cfg.progress else None
+            val_metrics = evaluate(model, step_fn, val_loader, step, failures, bar=title) if main else {}
             record("val", val_metrics, epoch)
             if main:
                 tqdm.write(
@@ -363,7 +387,10 @@ def fit(
                 dist.barrier()
         save("last", epoch, val_metrics)
     bar.close()
-    if writer:
+    if writer:  # the run's settings beside its final numbers (TensorBoard's HPARAMS tab)
+        plain = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in settings.items()}
+        final = {f"final/{s}_{k}": v for s, d in (("val", val_metrics), ("train", last_train)) for k, v in d.items()}
+        writer.add_hparams(plain, final or {"final/steps": step}, run_name=".", global_step=step)
         writer.close()
     in_sync = ranks_in_sync(model) if world > 1 else True
     best_path = os.path.join(ckpt_dir, "best.json")

@@ -201,6 +201,17 @@ def curves_figure(log_csv: str, path: str, title: str = "") -> str:
     return path
 
 
+def run_label(path: str) -> str:
+    """A checkpoint named by its run: ``runs/pt-rot/checkpoints/best.json`` -> ``pt-rot (best)``
+    (two panels of "best.json" say nothing); a model folder or a torchvision file by its name."""
+    parts = os.path.abspath(path.split(":", 1)[-1]).split(os.sep)
+    name = parts[-1].removesuffix(".json").removesuffix(".safetensors")
+    if len(parts) >= 3 and parts[-2] == "checkpoints":
+        run = parts[-3] if not parts[-3].startswith("seed") or len(parts) < 4 else f"{parts[-4]}/{parts[-3]}"
+        return f"{run} ({name})"
+    return name
+
+
 def visualize(cfg: VisualizeConfig) -> str:
     """Draw one picture; returns the PNG path."""
     from .checkpoint import load_encoder
@@ -217,9 +228,9 @@ def visualize(cfg: VisualizeConfig) -> str:
         return retrieval_samples(cfg.source, os.path.join(cfg.out, "retrieval.png"), cfg.queries)
     backbone, enc = load_encoder(cfg.source)
     if cfg.what == "kernels":
-        weights = [(os.path.basename(cfg.source), backbone.first_conv.weight)]
+        weights = [(run_label(cfg.source), backbone.first_conv.weight)]
         if cfg.compare:
-            weights.append((os.path.basename(cfg.compare), load_encoder(cfg.compare)[0].first_conv.weight))
+            weights.append((run_label(cfg.compare), load_encoder(cfg.compare).backbone.first_conv.weight))
         return kernels_figure(weights, os.path.join(cfg.out, "kernels.png"))
     video = cfg.video
     if video is None:
