@@ -78,6 +78,19 @@ def test_resume_takes_the_runs_settings_and_a_safe_change(tiny_synth, run, tmp_p
     assert meta["config"]["lr"] == 0.01 and meta["config"]["width"] == 0.25  # the run's, not the defaults
 
 
+def test_a_run_made_before_an_option_existed_still_resumes(tiny_synth, run, tmp_path, capsys):
+    import shutil
+
+    out = str(tmp_path / "old")
+    shutil.copytree(run, out)
+    path = os.path.join(out, "config.yaml")
+    lines = open(path).read().splitlines(keepends=True)
+    open(path, "w").writelines(line for line in lines if not line.startswith("lr_milestones"))  # as 0.1 wrote it
+    assert main(["pretrain", tiny_synth, "--out", out, "--resume", "--iters", "6", "--no-progress"]) == 0
+    assert main(["pretrain", tiny_synth, "--out", out, "--resume", "--iters", "8", "--lr-milestones", "7"]) == 2
+    assert "--lr-milestones [7] (the run has [])" in capsys.readouterr().err  # its config now names it: refused
+
+
 @pytest.mark.parametrize(
     "flags,said",
     [

@@ -113,8 +113,8 @@ def demo(cfg: DemoConfig) -> dict:
         "pictures",
         "report",
     ]
-    # Stage weights for the time estimate: seconds each took in a default run on a 2-core CPU.
-    st = Stages([(n, w) for n, w in zip(stage_names, (38, 25, 182, 93, 209, 29, 3, 1))])
+    # Stage weights for the time estimate: seconds each took in a default run (seed 1) on a 2-core AMD EPYC.
+    st = Stages([(n, w) for n, w in zip(stage_names, (41, 34, 256, 135, 564, 49, 4, 1))])
     st.run("synthetic dataset", generate, data, s["synth"], workers=cfg.workers or None)
     st.run("frame cache", preprocess, PreprocessConfig(data, cache, format="raw", size=frame, workers=cfg.workers))
     val_videos = 40 if not cfg.quick else 4
@@ -330,11 +330,30 @@ CAPTIONS = {
     "moving actor in every rotation, not the background.",
     "kernels": "The first conv's kernels of each pretraining (RGB tiles, time left to right): smooth, oriented "
     "patterns that change over time are learned filters; noise means little was learned.",
-    "retrieval pictures": "Each row: a test video (left) and its nearest training videos; the class is written over "
-    "each. Rows of one class mean the features group the actions.",
+    "retrieval pictures": "Each row: a test video (left) and its nearest training videos, each titled with its class "
+    "(green: the query's class, red: another). Green rows mean the features group the actions.",
     "curves": "Training and validation loss and accuracy against steps: validation accuracy should rise above "
     "chance and stay near training accuracy (no overfitting).",
 }
+
+
+STAGE_KEYS = ("task", "backbone", "width", "modality", "clip_length", "crop", "batch_size", "iters", "optimizer",
+              "lr", "weight_decay", "schedule", "warmup", "order_head", "shots", "test_clips")  # fmt: skip
+
+
+def _stage_settings(out: str) -> dict:
+    """The main settings of each training stage, read from the config.yaml it stored (the full
+    configs are there: OUT/pretrain-*/config.yaml, OUT/finetune/*/config.yaml)."""
+    import yaml
+
+    found = {}
+    for name in ("pretrain-rotation", "pretrain-clip-order", "finetune/scratch-few-shot", "finetune/scratch-all"):
+        path = os.path.join(out, name, "config.yaml")
+        if os.path.isfile(path):
+            with open(path) as f:
+                cfg = yaml.safe_load(f) or {}
+            found[name] = ", ".join(f"{k} {cfg[k]}" for k in STAGE_KEYS if cfg.get(k) is not None)
+    return found
 
 
 def _caption(picture: str) -> str:
@@ -372,7 +391,7 @@ def _report(out, result, top1, retr, quick: bool):
     md += ["## Settings", "", f"`{json.dumps(result['settings'])}`"]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(md))
-    settings = {"seed": result["seed"], **result["settings"]}
+    settings = {"seed": result["seed"], **result["settings"], **_stage_settings(out)}
     with open(os.path.join(out, "report.html"), "w") as f:
         f.write(html_page(title, intro, facts, settings, tables, pictures))
     with open(os.path.join(out, "report.json"), "w") as f:

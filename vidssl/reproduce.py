@@ -234,6 +234,17 @@ def _run(command: str, stage_cfg):
     return fuse(stage_cfg)
 
 
+def _differences(old: dict, new: dict, cls) -> list[str]:
+    """Settings that differ between a stage's record and its config now. An option added to vidssl
+    after the record was written, at its default, is no difference: the run is the same."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    plain_default = lambda k: json.loads(json.dumps(defaults[k])) if k in defaults else object()
+    return sorted(k for k in set(old) | set(new)
+                  if old.get(k) != new.get(k) and not (k not in old and new.get(k) == plain_default(k)))  # fmt: skip
+
+
 def run_stage(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, done: dict) -> dict:
     """Run one stage, or read it back when it finished before with the same settings."""
     stage_cfg = stage_config(cfg, stage, split, seed, data, done)
@@ -243,8 +254,8 @@ def run_stage(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, done: 
     if os.path.isfile(record):  # finished before
         with open(record) as f:
             old = json.load(f)
-        if old["config"] != plain:
-            diff = sorted(k for k in set(old["config"]) | set(plain) if old["config"].get(k) != plain.get(k))
+        diff = _differences(old["config"], plain, type(stage_cfg))
+        if diff:
             raise ValueError(f"{record}: this stage ran with other settings ({', '.join(diff)}); use a new --out")
         return old
     if stage["command"] == "pretrain" and os.path.isfile(os.path.join(folder, "checkpoints", "last.json")):

@@ -87,6 +87,8 @@ def contradictions(stored: dict, now: dict, safe=SAFE_ON_RESUME) -> list[str]:
         a, b = (list(a) if isinstance(a, tuple) else a), (list(b) if isinstance(b, tuple) else b)
         if k in PATHS and isinstance(a, str) and isinstance(b, str):  # data/ and data name one folder
             a, b = os.path.normpath(a), os.path.normpath(b)
+        if k not in stored and b in (None, False, []):  # an option vidssl gained since, at its empty default
+            continue
         if k not in safe and a != b:
             diffs.append(f"--{k.replace('_', '-')} {_show(b)} (the run has {_show(a)})")
     return diffs

@@ -46,7 +46,7 @@ def num_params(model: nn.Module) -> int:
 
 # Under CPU bf16 autocast these blocks run in fp32: oneDNN's bf16 weight-gradient kernels for their
 # small feature maps gave different results on the same batch (and now and then inf), measured on
-# torch 2.13 (README, performance notes); in fp32 the step is deterministic and no slower there.
+# torch 2.13 (docs/performance.md); in fp32 the step is deterministic and no slower there.
 FP32_BLOCKS_ON_CPU = ("conv4", "conv5")
 
 
