@@ -294,6 +294,36 @@ def _no_process_left(group: int) -> None:
     pytest.fail(f"processes of group {group} outlived their command")
 
 
+def test_a_child_that_missed_the_signal_goes_with_its_command(tmp_path):
+    """A worker forked after the group's signal (or not yet in multiprocessing's list) never got
+    it: the command's handler kills every process whose parent it is (seen in CI: one outlived
+    its command by 10 s)."""
+    script = tmp_path / "cmd.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from vidssl.errors import signals_end_the_command\n"
+        "with signals_end_the_command('pretrain'):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # like a worker that never sees the stop
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    print(pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = int(p.stdout.readline())
+    os.kill(p.pid, signal.SIGTERM)  # the command alone, not its group: the child is not signalled
+    assert p.wait(timeout=30) == 143
+    for _ in range(50):
+        if subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True).stdout.split() == []:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"child {child} outlived its command")
+
+
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_during_pretraining_with_workers_then_resume(tiny_synth, tmp_path, sig, code, word):
     out = str(tmp_path / "p")

@@ -41,6 +41,25 @@ def error_line(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _own_children() -> list[int]:
+    """The pids whose parent is this process (from /proc; empty where there is none)."""
+    me, found = os.getpid(), []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+            except OSError:
+                continue
+            if int(fields[1]) == me:
+                found.append(int(name))
+    return found
+
+
 @contextlib.contextmanager
 def signals_end_the_command(name: str):
     """Within the block, Ctrl-C (SIGINT) and SIGTERM (a scheduler's or torchrun's stop) print one
@@ -69,6 +88,14 @@ def signals_end_the_command(name: str):
         # (seen once on a loaded machine: a worker outlived its command by more than a minute).
         for child in multiprocessing.active_children():
             child.kill()
+        # A worker forked just after the group's signal (a new epoch's loader) missed the signal, and
+        # one forked as the handler ran is not in active_children yet: seen in CI, a worker outlived
+        # its command by 10 s. Every process whose parent is this one goes too (Linux /proc).
+        for pid in _own_children():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         os._exit(code)
 
     previous = {sig: signal.signal(sig, handler) for sig in codes}
