@@ -118,6 +118,11 @@ def hf_folder(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, HF_CONFIG))
 
 
+def is_foreign(path: str) -> bool:
+    """``torchvision:FILE`` or a model folder (what ``foreign`` reads), told apart without reading it."""
+    return path.startswith(PREFIX) or hf_folder(path)
+
+
 def foreign(path: str) -> tuple[dict, dict[str, torch.Tensor]] | None:
     """(meta, weights as a vidssl checkpoint holds them) of ``torchvision:FILE`` or a Hugging
     Face-style folder; None for anything else (a vidssl checkpoint)."""
@@ -204,7 +209,7 @@ def convert(cfg) -> str:
     enc = load_encoder(cfg.source)
     info = enc.info
     if cfg.to == "vidssl":
-        if foreign(cfg.source) is None:
+        if not is_foreign(cfg.source):  # (the source was read once, above)
             raise ValueError(f"{cfg.source}: already a vidssl checkpoint; --to torchvision, hf or onnx exports it")
         meta = {"kind": "imported", "backbone": info.backbone, "width": info.width, "task": None, "step": 0,
                 "source": info.path, "modality": info.modality, "clip_length": info.clip_length,

@@ -28,9 +28,9 @@ from .checkpoint import EncoderInfo
 from .data.sampling import UniformClips
 from .data.transforms import center_crop, to_input
 from .data.video import VIDEO_EXTENSIONS, VideoError, list_videos, probe, read_indices
+from .features import VCOP_FRAMES  # frames of a network whose checkpoint names no size, as the evaluations use
 
 log = logging.getLogger("vidssl")
-VCOP_FRAMES = (128, 171)  # frames of a network whose checkpoint names no size (VCOP 4.1)
 
 
 class Encoder(nn.Module):
@@ -152,7 +152,8 @@ def embed_videos(cfg) -> dict:
         done.update(zip(meta["rows"], feats))
         failed += [tuple(f) for f in meta["failed"]]
         chunk += 1
-    todo = [i for i in mine if i not in done and i not in {f[0] for f in failed}]
+    given_up = {i for i, _ in failed}
+    todo = [i for i in mine if i not in done and i not in given_up]
     new, new_failed = {}, []
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="embedding", disable=not (cfg.progress and rt.main))
     for n, i in enumerate(todo, 1):
