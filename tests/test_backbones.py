@@ -61,6 +61,28 @@ def test_vcop_shapes_at_16x112x112(name):
     assert info["retrieval"] == 9216  # conv5 max-pooled (1,2,2): 512 x 2 x 3 x 3
 
 
+@pytest.mark.parametrize("name", ["c3d", "r3d_10"])
+def test_per_block_features_stop_the_network_at_that_block(name):
+    """conv2..conv4 are those blocks' own maps averaged (their channel counts), computed by running
+    the blocks up to there; pooled is the backbone's output; vcop its conv5 max-pooled."""
+    torch.manual_seed(0)
+    model = backbones.build(name, width=0.25).eval()
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        maps, h = {}, x
+        for b in model.block_names:
+            h = maps[b] = getattr(model, b)(h)
+        for b in ("conv2", "conv3", "conv4"):
+            f = backbones.clip_feature(model, x, b)
+            assert f.shape == (2, maps[b].shape[1])
+            torch.testing.assert_close(f, maps[b].mean(dim=(2, 3, 4)))
+        torch.testing.assert_close(backbones.clip_feature(model, x, "pooled"), model(x))
+        vcop = backbones.retrieval_feature(maps["conv5"])
+        torch.testing.assert_close(backbones.clip_feature(model, x, "vcop"), vcop)
+    with pytest.raises(ValueError, match="unknown feature 'conv5x'; choose one of pooled, vcop, conv2"):
+        backbones.clip_feature(model, x, "conv5x")
+
+
 def test_resnet18_3d_shapes_and_type_a_shortcut():
     info = backbone_info("resnet18_3d")
     assert info["feature"] == 512 and info["conv5"] == "512x1x4x4"

@@ -56,7 +56,7 @@ BAD_ARGS = [
     (["finetune", "{d}", "--init", "{d}/missing.json"], "missing.json: checkpoint not found"),
     (["finetune", "{d}", "--seeds", "a,b"], "--seeds takes comma-separated integers"),
     (["retrieve", "{d}", "--clips", "-2"], "--clips must be positive, not -2"),
-    (["retrieve", "{d}", "--feature", "fc7"], "invalid choice: 'fc7' (choose from 'vcop', 'pooled')"),
+    (["retrieve", "{d}", "--feature", "fc7"], "invalid choice: 'fc7' (choose from 'vcop', 'pooled', 'conv2'"),
     (["retrieve", "{d}", "--bogus", "3"], "unrecognized arguments: --bogus 3"),
     (["finetune"], "the following arguments are required: DATASET"),
     (["visualize", "kernels", "{d}/missing.json"], "missing.json: checkpoint not found"),

@@ -13,7 +13,7 @@ from vidssl.data.transforms import eval_transform
 from vidssl.features import extract_features
 from vidssl.finetune import FinetuneConfig, few_shot_indices, finetune, score_report
 from vidssl.fuse import geometric_fusion
-from vidssl.probe import knn_classify, linear_probe
+from vidssl.probe import knn_classify, linear_probe, normalise
 from vidssl.retrieval import clip_and_video_retrieval, topk_retrieval
 
 SMALL = dict(frame_size=(40, 40), crop=32, progress=False)
@@ -98,6 +98,21 @@ def test_knn_and_linear_probe_separate_clusters():
     test = centres[test_y] + torch.randn(30, 16, generator=gen)
     assert (knn_classify(train, train_y, test, k=5) == test_y).all()
     assert (linear_probe(train, train_y, test, 3) == test_y).float().mean() > 0.95
+
+
+def test_centring_makes_knn_compare_what_differs_not_the_shared_offset():
+    """Raw cosine sees mostly the direction every feature shares (post-ReLU features sit far from 0):
+    the test point's angle is class 1's; after centring on the training mean it is class 0's."""
+    train, labels = torch.tensor([[2.0, 0.1], [4.0, 0.3]]), torch.tensor([0, 1])
+    test = torch.tensor([[2.2, 0.165]])
+    assert knn_classify(train, labels, test, k=1).tolist() == [1]
+    for how in ("center", "standardize"):
+        a, b = normalise(train, test, how)
+        assert knn_classify(a, labels, b, k=1).tolist() == [0], how
+    torch.testing.assert_close(normalise(train, test, "center")[1], test - train.mean(0))
+    assert normalise(train, test, "none")[0] is train
+    with pytest.raises(ValueError, match="choose none, center or standardize"):
+        normalise(train, test, "l2")
 
 
 def test_strict_loading_and_frozen_blocks(tiny_synth, pretrained, tmp_path):
@@ -218,6 +233,33 @@ def test_end_to_end_commands_write_their_json(tiny_synth, pretrained, tmp_path, 
     assert v["config"]["feature"] == "vcop" and v["feature_dim"] % p["feature_dim"] == 0
     mean, top = (load_file(os.path.join(d, "features_query.safetensors"))["features"] for d in (pr, pv))
     assert (top >= mean - 1e-6).all() and not torch.allclose(top, mean)  # max over positions, not their mean
+    # k-NN on centred features: the same features, compared after subtracting the training mean
+    pc = str(tmp_path / "pc")
+    assert (
+        main(
+            [
+                "probe",
+                tiny_synth,
+                "--init",
+                pretrained,
+                "--out",
+                pc,
+                "--clips",
+                "2",
+                "--k",
+                "3",
+                "--knn-norm",
+                "center",
+                *small,
+            ]
+        )
+        == 0
+    )
+    c = json.load(open(os.path.join(pc, "probe.json")))
+    gal, qry = (load_file(os.path.join(pr, f"features_{t}.safetensors")) for t in ("gallery", "query"))
+    a, b = normalise(gal["features"].mean(1), qry["features"].mean(1), "center")
+    expect = (knn_classify(a, gal["labels"], b, k=3, num_classes=3) == qry["labels"]).float().mean().item()
+    assert c["knn_top1"] == pytest.approx(expect) and c["linear_top1"] == p["linear_top1"]
 
 
 def test_finetune_resume_equals_an_uninterrupted_run(tiny_synth, pretrained, tmp_path):

@@ -256,6 +256,9 @@ def test_embed_gives_the_features_the_evaluations_read(tmp_path):
     torch.testing.assert_close(one, feats[1].mean(0), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(enc.embed(video, clips=3, per_clip=True), feats[1], rtol=1e-4, atol=1e-5)
     assert enc.embed(video, clips=2, feature="vcop").shape[0] > 128
+    block3, _ = extract_features(enc.backbone, ds, "conv3", "rgb", progress=False, channels_last=False)
+    assert block3.shape[-1] == 32  # conv3's channels at width 0.25
+    torch.testing.assert_close(enc.embed(video, clips=3, feature="conv3"), block3[1].mean(0), rtol=1e-4, atol=1e-5)
 
 
 @needs_shared

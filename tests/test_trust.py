@@ -2,6 +2,7 @@
 caches are keyed on what made them, non-finite numbers never become a table, and every expected
 failure is one line (README "Reliability"). Each test injects one fault."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vidssl import checkpoint
+from vidssl import reproduce as R
 from vidssl.cli import main
 
 TINY = ["--backbone", "r3d_10", "--width", "0.25", "--clip-length", "8", "--batch-size", "4", "--lr", "0.01",
@@ -89,6 +91,28 @@ def test_a_run_made_before_an_option_existed_still_resumes(tiny_synth, run, tmp_
     assert main(["pretrain", tiny_synth, "--out", out, "--resume", "--iters", "6", "--no-progress"]) == 0
     assert main(["pretrain", tiny_synth, "--out", out, "--resume", "--iters", "8", "--lr-milestones", "7"]) == 2
     assert "--lr-milestones [7] (the run has [])" in capsys.readouterr().err  # its config now names it: refused
+
+
+def test_an_option_gained_since_is_the_same_run_only_at_its_default():
+    """One rule for resume, evaluation reruns and reproduce's stage records (fields.gained_since):
+    an option the record lacks is no difference at the config class's default, and a difference at
+    any other value, even an empty one (the old rule let any None/False/[] through)."""
+    from vidssl.runs import contradictions
+
+    stored, defaults = {"lr": 0.01}, {"lr": 0.1, "shuffle": True, "milestones": []}
+    assert contradictions(stored, {"lr": 0.01, "shuffle": True, "milestones": []}, defaults=defaults) == []
+    assert contradictions(stored, {"lr": 0.01, "shuffle": False}, defaults=defaults) == [
+        "--shuffle False (the run has unset)"
+    ]
+    assert contradictions({"lr": 0.01, "shuffle": True}, {"lr": 0.01, "shuffle": True}, defaults={}) == []
+    assert R._differences(stored, {"lr": 0.01, "shuffle": True}, _Gained) == []
+    assert R._differences(stored, {"lr": 0.01, "shuffle": False}, _Gained) == ["shuffle"]
+
+
+@dataclasses.dataclass
+class _Gained:
+    lr: float = 0.1
+    shuffle: bool = True
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,8 @@ from .fields import (  # noqa: F401  (check_ranges, to_plain, ... are used throu
     check_ranges,
     dump_config,
     from_plain,
+    gained_since,
+    plain_defaults,
     preset,
     presets,
     to_plain,
@@ -225,7 +227,7 @@ class RetrieveConfig(EncoderOptions, DataOptions, RuntimeOptions):
     overwrite: bool = False  # OUT holds results of other settings: move them aside to OUT.old-N (else refused)
     gallery: str | None = None  # another dataset whose training videos form the gallery (cross-dataset)
     gallery_cache: str | None = None  # frame cache of the gallery dataset
-    feature: FeatureKind = "vcop"  # vcop: conv5 max-pooled (9216-d at 16x112x112); pooled: 512-d
+    feature: FeatureKind = "vcop"  # vcop: conv5 max-pooled (9216-d at 16x112x112); pooled: 512-d; convN: block N averaged
     frame_size: Size = None  # HxW frames are resized to; unset: the checkpoint's, else 128x171 (VCOP)
     crop: Annotated[int, Range(8)] | None = None  # centre crop side; unset: the checkpoint's, else 112
     reuse_features: bool = True  # read cached features from OUT when they match these settings
@@ -242,8 +244,9 @@ class ProbeConfig(EncoderOptions, DataOptions, RuntimeOptions):
     frame_size: Size = None  # HxW frames are resized to; unset: the checkpoint's, else 128x171 (VCOP)
     crop: Annotated[int, Range(8)] | None = None  # centre crop side; unset: the checkpoint's, else 112
     k: Positive[int] = 20  # neighbours of the k-NN classifier
+    knn_norm: Literal["none", "center", "standardize"] = "none"  # features the k-NN compares: as they are; minus the training mean; standardised per dimension
     weight_decay: NonNegative[float] = 1e-3  # L2 penalty of the linear probe
-    feature: FeatureKind = "pooled"  # pooled: the global-average-pooled vector; vcop: conv5 max-pooled (VCOP's retrieval feature)
+    feature: FeatureKind = "pooled"  # pooled: conv5 global-average-pooled; vcop: conv5 max-pooled (VCOP's retrieval feature); conv2..conv4: that block, averaged
 
 
 @dataclass(kw_only=True)
@@ -347,7 +350,7 @@ class EmbedConfig(RuntimeOptions):
     overwrite: bool = False  # OUT exists: replace it (else refused)
     clips: Positive[int] = 10  # clips per video, evenly spaced
     clip_length: Positive[int] | None = None  # frames per clip; unset: the checkpoint's
-    feature: Literal["pooled", "vcop"] = "pooled"  # pooled: global average (512 at full width); vcop: conv5 max-pooled (1,2,2), flattened
+    feature: FeatureKind = "pooled"  # pooled: conv5 global average (512 at full width); vcop: conv5 max-pooled (1,2,2), flattened; conv2..conv4: that block, averaged
     per_clip: bool = False  # keep every clip's feature: (videos, clips, D) instead of their mean (videos, D)
     save_every: Positive[int] = 100  # videos between partial saves
     progress: bool = True  # progress bar

@@ -22,7 +22,6 @@ import time
 
 from .config import DemoConfig, FinetuneConfig, PreprocessConfig, PretrainConfig, RetrieveConfig, SynthConfig
 from .data.synth import generate
-from .fields import to_plain
 from .finetune import finetune
 from .preprocess import preprocess
 from .pretrain import pretrain
@@ -82,7 +81,7 @@ class Stages:
 def demo(cfg: DemoConfig) -> dict:
     s = _settings(cfg.quick)
     out = cfg.out
-    claim(out, to_plain(cfg), command="demo", overwrite=cfg.overwrite)  # every stage below starts afresh
+    claim(out, cfg, command="demo", overwrite=cfg.overwrite)  # every stage below starts afresh
     data, cache = os.path.join(out, "synth"), os.path.join(out, "cache")
     frame = (s["frame"], s["frame"])
     common = dict(
@@ -148,10 +147,9 @@ def demo(cfg: DemoConfig) -> dict:
     )
     inits = {"scratch": "scratch", "rotation": rot, "clip order": order}
 
-    n_test = [0]
-
     def run_finetunes():
-        res = {}
+        """Top-1 by (start, labels), and the number of test videos they were scored on."""
+        res, n_test = {}, 0
         for labels, shots, iters in (("few-shot", s["shots"], s["ft_iters"][0]), ("all", None, s["ft_iters"][1])):
             for name, init in inits.items():
                 ft = FinetuneConfig(
@@ -182,10 +180,10 @@ def demo(cfg: DemoConfig) -> dict:
                 )
                 r = finetune(ft)
                 res[(name, labels)] = r["summary"]["video_top1"]["mean"]
-                n_test[0] = r["runs"][0]["videos"]
-        return res
+                n_test = r["runs"][0]["videos"]
+        return res, n_test
 
-    top1 = st.run("fine-tuning", run_finetunes)
+    top1, n_test = st.run("fine-tuning", run_finetunes)
 
     def run_retrievals():
         res = {}
@@ -268,7 +266,7 @@ def demo(cfg: DemoConfig) -> dict:
         "retrieval": retr,
         "seconds": st.times,
         "pictures": pics,
-        "test_videos": n_test[0],
+        "test_videos": n_test,
         "classes": s["synth"].classes,
         "provenance": provenance([cfg.seed]),
     }

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .atomic import write_atomic
-from .backbones import retrieval_feature
+from .backbones import FEATURES, clip_feature
 from .checkpoint import EncoderInfo
 from .data.sampling import UniformClips
 from .data.transforms import center_crop, to_input
@@ -68,16 +68,16 @@ class Encoder(nn.Module):
     @torch.no_grad()
     def embed(self, video: str, clips: int = 10, feature: str = "pooled", per_clip: bool = False) -> torch.Tensor:
         """``(D,)`` float32: the mean feature of ``clips`` clips of ``video`` (``per_clip``: ``(K, D)``).
-        ``feature="vcop"``: conv5 max-pooled (1,2,2) and flattened (VCOP's retrieval feature)."""
-        if feature not in ("pooled", "vcop"):
-            raise ValueError(f"unknown feature {feature!r}; choose pooled or vcop")
+        ``feature="vcop"``: conv5 max-pooled (1,2,2) and flattened (VCOP's retrieval feature);
+        ``"conv2"`` .. ``"conv4"``: that block's output, global-average-pooled."""
+        if feature not in FEATURES:
+            raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
         device = next(self.backbone.parameters()).device
         self.backbone.eval()
         x = to_input(self.clips(video, clips).to(device), self.info.modality)
         if self.backbone.first_conv.weight.is_contiguous(memory_format=torch.channels_last_3d):
             x = x.contiguous(memory_format=torch.channels_last_3d)  # a model prepared for channels_last
-        fmap = self.backbone.forward_features(x)
-        f = (retrieval_feature(fmap) if feature == "vcop" else fmap.mean(dim=(2, 3, 4))).float().cpu()
+        f = clip_feature(self.backbone, x, feature).float().cpu()
         return f if per_clip else f.mean(0)
 
 

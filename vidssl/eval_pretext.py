@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Subset
 
 from .checkpoint import load_pretext_model, read_meta
-from .config import EvalPretextConfig, PretrainConfig, check_ranges, to_plain, write_config
+from .config import EvalPretextConfig, PretrainConfig, check_ranges, write_config
 from .data.datasets import load_dataset
 from .data.loading import FailureLog
 from .data.loading import loader as data_loader
@@ -89,7 +89,7 @@ def downstream_top1(path: str) -> float:
 def eval_pretext(cfg: EvalPretextConfig) -> list[dict]:
     """Pretext loss and accuracy of each checkpoint on a dataset, beside downstream accuracy if given."""
     check_ranges(cfg)
-    claim(cfg.out, to_plain(cfg), command="eval-pretext", overwrite=cfg.overwrite, rerun_ok=True, main=launched_main())
+    claim(cfg.out, cfg, command="eval-pretext", overwrite=cfg.overwrite, rerun_ok=True, main=launched_main())
     rt = Runtime.setup(cfg)
     paths = checkpoint_list(cfg.checkpoints)
     downstream = [p.strip() for p in cfg.downstream.split(",")] if cfg.downstream else []

@@ -20,15 +20,13 @@ from torch import nn
 from tqdm import tqdm
 
 from .atomic import write_atomic
-from .backbones import retrieval_feature
+from .backbones import FEATURES, clip_feature
 from .checkpoint import EncoderInfo, load_encoder
 from .data.loading import FailureLog
 from .data.loading import loader as data_loader
 from .data.transforms import memory_format, to_input
 
 log = logging.getLogger("vidssl")
-
-FEATURES = ("vcop", "pooled")
 
 
 @torch.no_grad()
@@ -47,7 +45,8 @@ def extract_features(
     """``(V, K, D)`` float32 features of every video's K clips, and ``(V,)`` labels.
 
     ``feature="pooled"``: the global-average-pooled vector (512 at full width); ``"vcop"``: conv5
-    max-pooled by (1,2,2) and flattened (VCOP 4.1; 9216 for 16x112x112). Every video is counted:
+    max-pooled by (1,2,2) and flattened (VCOP 4.1; 9216 for 16x112x112); ``"conv2"`` .. ``"conv4"``:
+    that block's output, global-average-pooled (backbones.clip_feature). Every video is counted:
     the loader never drops a last partial batch. A video that fails to decode is left out with a
     warning and removed from ``dataset`` (``dataset.forget``), so its records match the rows."""
     if feature not in FEATURES:
@@ -68,8 +67,7 @@ def extract_features(
         b, k = clips.shape[:2]
         x = memory_format(to_input(clips.flatten(0, 1).to(device), modality), channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            fmap = backbone.forward_features(x)
-        f = retrieval_feature(fmap) if feature == "vcop" else fmap.mean(dim=(2, 3, 4))
+            f = clip_feature(backbone, x, feature)
         feats.append(f.float().view(b, k, -1).cpu())
         labels.append(torch.as_tensor(y))
     dataset.forget(failed)

@@ -103,7 +103,7 @@ Modality = Literal["rgb", "dif"]
 TaskName = Literal["rotation", "clip_order", "joint", "random_labels"]
 RotationSet = Literal["0,90", "0,90,180", "90,180,270", "0,90,180,270", "8way", "360"]
 Block = Literal["none", "conv2", "conv3", "conv4", "conv5", "all"]
-FeatureKind = Literal["vcop", "pooled"]
+FeatureKind = Literal["vcop", "pooled", "conv2", "conv3", "conv4"]
 Subset = Literal["train", "test"]
 
 
@@ -144,6 +144,24 @@ def check_ranges(cfg) -> None:
 def to_plain(cfg) -> dict:
     """A config as plain data (tuples as lists), what config files and config.json hold."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def plain_defaults(cls) -> dict:
+    """Each field's default as plain data (as to_plain writes it), for the fields that have one."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def gained_since(key: str, stored: dict, now: dict, defaults: dict) -> bool:
+    """``key`` is an option vidssl gained after ``stored`` (a run's or stage's record) was written,
+    and ``now`` has it at its default: the record describes the same run. Any other value, or a
+    key the record has, is a real difference."""
+    return key not in stored and key in defaults and now.get(key) == defaults[key]
 
 
 def describe_type(tp) -> str:

@@ -310,7 +310,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise ValueError("--test-only tests a fine-tuned checkpoint: name it with --init")
     if cfg.init != "scratch":
         read_meta(cfg.init)  # a missing checkpoint is the first thing to say, before the run folder
-    claim(cfg.out, to_plain(cfg), command="finetune", resume=cfg.resume, overwrite=cfg.overwrite,
+    claim(cfg.out, cfg, command="finetune", resume=cfg.resume, overwrite=cfg.overwrite,
           marker=os.path.join(cfg.out, "config.yaml"), main=launched_main())  # fmt: skip
     rt = Runtime.setup(cfg)
     if rt.main:

@@ -55,7 +55,7 @@ def pretrain(cfg: PretrainConfig) -> str:
     cfg = resolve(cfg)
     # Before anything is written: a second run never lands in the first one's folder, and a resumed
     # run continues with the settings its checkpoints were made with.
-    claim(cfg.out, to_plain(cfg), command="pretrain", resume=cfg.resume, overwrite=cfg.overwrite, main=launched_main())
+    claim(cfg.out, cfg, command="pretrain", resume=cfg.resume, overwrite=cfg.overwrite, main=launched_main())
     rt = Runtime.setup(cfg)
     torch.manual_seed(cfg.seed)
     workers = cfg.workers if cfg.workers is not None else min(os.cpu_count() or 1, 8)

@@ -237,12 +237,9 @@ def _run(command: str, stage_cfg):
 def _differences(old: dict, new: dict, cls) -> list[str]:
     """Settings that differ between a stage's record and its config now. An option added to vidssl
     after the record was written, at its default, is no difference: the run is the same."""
-    import dataclasses
-
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-    plain_default = lambda k: json.loads(json.dumps(defaults[k])) if k in defaults else object()
-    return sorted(k for k in set(old) | set(new)
-                  if old.get(k) != new.get(k) and not (k not in old and new.get(k) == plain_default(k)))  # fmt: skip
+    defaults = json.loads(json.dumps(C.plain_defaults(cls)))
+    changed = (k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return sorted(k for k in changed if not C.gained_since(k, old, new, defaults))
 
 
 def run_stage(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, done: dict) -> dict:

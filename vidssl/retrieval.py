@@ -32,7 +32,7 @@ def retrieve(cfg: RetrieveConfig) -> dict:
     from .runtime import Runtime, launched_main
 
     check_ranges(cfg)
-    claim(cfg.out, to_plain(cfg), command="retrieve", overwrite=cfg.overwrite, rerun_ok=True, main=launched_main())
+    claim(cfg.out, cfg, command="retrieve", overwrite=cfg.overwrite, rerun_ok=True, main=launched_main())
     rt = Runtime.setup(cfg)
     backbone, info = open_encoder(cfg)
     prepare_encoder(backbone, info, cfg, cache=cfg.cache, kind=cfg.kind, runtime=rt)

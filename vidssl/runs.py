@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 
+from .fields import gained_since, plain_defaults, to_plain
+
 log = logging.getLogger("vidssl")
 
 # Fields a resumed run may change: speed, logging, length, where it runs. Anything else would make
@@ -79,22 +81,24 @@ def _show(v) -> str:
     return "unset" if v is None else repr(v) if isinstance(v, str) else str(v)
 
 
-def contradictions(stored: dict, now: dict, safe=SAFE_ON_RESUME) -> list[str]:
-    """'--lr 0.05 (the run has 0.01)' for every setting that differs and is not safe to change."""
+def contradictions(stored: dict, now: dict, safe=SAFE_ON_RESUME, defaults: dict | None = None) -> list[str]:
+    """'--lr 0.05 (the run has 0.01)' for every setting that differs and is not safe to change.
+    ``defaults``: the config class's (plain_defaults); an option the stored config lacks is no
+    contradiction while ``now`` has it at its default (fields.gained_since)."""
     diffs = []
     for k in sorted(set(stored) | set(now)):
         a, b = stored.get(k), now.get(k)
         a, b = (list(a) if isinstance(a, tuple) else a), (list(b) if isinstance(b, tuple) else b)
         if k in PATHS and isinstance(a, str) and isinstance(b, str):  # data/ and data name one folder
             a, b = os.path.normpath(a), os.path.normpath(b)
-        if k not in stored and b in (None, False, []):  # an option vidssl gained since, at its empty default
+        if gained_since(k, stored, now, defaults or {}):
             continue
         if k not in safe and a != b:
             diffs.append(f"--{k.replace('_', '-')} {_show(b)} (the run has {_show(a)})")
     return diffs
 
 
-def check_resume(out: str, now: dict, marker: str, safe=SAFE_ON_RESUME) -> None:
+def check_resume(out: str, now: dict, marker: str, safe=SAFE_ON_RESUME, defaults: dict | None = None) -> None:
     """Refuse a resume with nothing to resume, or with settings that contradict the stored ones."""
     if not os.path.exists(marker):
         raise RunError(
@@ -103,7 +107,7 @@ def check_resume(out: str, now: dict, marker: str, safe=SAFE_ON_RESUME) -> None:
     stored = stored_config(out)
     if stored is None:
         return  # a run from before stored configs: its checkpoint's model check still applies
-    diffs = contradictions(stored, now, safe)
+    diffs = contradictions(stored, now, safe, defaults)
     if diffs:
         raise RunError(
             f"{out}: --resume continues the run with its stored settings ({os.path.join(out, 'config.yaml')}), "
@@ -111,24 +115,25 @@ def check_resume(out: str, now: dict, marker: str, safe=SAFE_ON_RESUME) -> None:
         )
 
 
-def claim(out: str, now: dict, *, command: str, resume: bool = False, overwrite: bool = False,
+def claim(out: str, cfg, *, command: str, resume: bool = False, overwrite: bool = False,
           rerun_ok: bool = False, marker: str | None = None, main: bool = True) -> str:  # fmt: skip
     """Decide what ``command`` may do with folder ``out`` (see the module doc) and prepare it;
-    returns "new", "resume", "rerun" or "moved". ``now`` is the resolved config as plain data;
+    returns "new", "resume", "rerun" or "moved". ``cfg`` is the command's resolved config;
     ``marker`` the file a resumable run has (its last checkpoint). Under torchrun only rank 0
     (``main``) decides: another rank could see rank 0's first files and take them for an old run;
     when rank 0 refuses, torchrun stops the others."""
     if not main:
         return "other rank"
+    now, defaults = to_plain(cfg), plain_defaults(type(cfg))
     if resume:
-        check_resume(out, now, marker or os.path.join(out, "checkpoints", "last.json"))
+        check_resume(out, now, marker or os.path.join(out, "checkpoints", "last.json"), defaults=defaults)
         return "resume"
     entries = _entries(out)
     if not entries:
         _writable(out)
         return "new"
     stored = stored_config(out) if "config.yaml" in entries else None
-    if rerun_ok and stored is not None and not contradictions(stored, now, safe=SAFE_ON_RERUN):
+    if rerun_ok and stored is not None and not contradictions(stored, now, SAFE_ON_RERUN, defaults):
         _writable(out)
         return "rerun"
     if overwrite:
@@ -140,7 +145,7 @@ def claim(out: str, now: dict, *, command: str, resume: bool = False, overwrite:
     if stored is None:
         what = f"files ({', '.join(entries[:3])}{', ...' * (len(entries) > 3)})"
     elif rerun_ok:
-        what = "results of other settings (" + "; ".join(contradictions(stored, now, safe=SAFE_ON_RERUN)[:3]) + ")"
+        what = "results of other settings (" + "; ".join(contradictions(stored, now, SAFE_ON_RERUN, defaults)[:3]) + ")"
     else:
         what = "a run"
     resume_hint = "--resume continues it, " if marker is not None or command in ("pretrain", "finetune") else ""

@@ -50,8 +50,8 @@ def num_params(model: nn.Module) -> int:
 FP32_BLOCKS_ON_CPU = ("conv4", "conv5")
 
 
-def run_blocks(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv1`` .. ``conv5`` of a backbone in order: its conv5 feature map.
+def run_blocks(model: nn.Module, x: torch.Tensor, last: str = "conv5") -> torch.Tensor:
+    """``conv1`` .. ``last`` of a backbone in order: that block's feature map (conv5 by default).
 
     With ``model.grad_checkpointing`` set (set_grad_checkpointing), each trainable block keeps only
     its input during training and recomputes its inside in the backward pass: less memory for
@@ -70,6 +70,8 @@ def run_blocks(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
                 x = checkpoint(_Recompute(unit, fp32), x, use_reentrant=False)
         else:
             x = _run(block, x, fp32)
+        if name == last:
+            break
     return x
 
 
@@ -112,6 +114,23 @@ def retrieval_feature(conv5: torch.Tensor) -> torch.Tensor:
 
     For a 16x112x112 clip, 512 x 2 x 7 x 7 -> 512 x 2 x 3 x 3 = 9216 values."""
     return F.max_pool3d(conv5, kernel_size=(1, 2, 2)).flatten(1)
+
+
+FEATURES = ("pooled", "vcop", "conv2", "conv3", "conv4")
+
+
+def clip_feature(model: nn.Module, x: torch.Tensor, kind: str = "pooled") -> torch.Tensor:
+    """``(B, D)`` features of a batch of clips.
+
+    ``pooled``: conv5 global-average-pooled (the backbone's output); ``vcop``: conv5 max-pooled
+    (retrieval_feature); ``conv2`` .. ``conv4``: that block's map, global-average-pooled, the network
+    stopped there. Earlier blocks are less specific to the pretext (docs/weizmann.md measures them)."""
+    if kind not in FEATURES:
+        raise ValueError(f"unknown feature {kind!r}; choose one of {', '.join(FEATURES)}")
+    if kind in ("pooled", "vcop"):
+        fmap = model.forward_features(x)
+        return retrieval_feature(fmap) if kind == "vcop" else fmap.mean(dim=(2, 3, 4))
+    return run_blocks(model, x, last=kind).mean(dim=(2, 3, 4))
 
 
 # The families register themselves on import.
