@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .atomic import write_atomic
-from .backbones import FEATURES, clip_feature
+from .backbones import check_feature, clip_feature
 from .checkpoint import EncoderInfo
 from .data.sampling import UniformClips
 from .data.transforms import center_crop, to_input
@@ -70,8 +70,7 @@ class Encoder(nn.Module):
         """``(D,)`` float32: the mean feature of ``clips`` clips of ``video`` (``per_clip``: ``(K, D)``).
         ``feature="vcop"``: conv5 max-pooled (1,2,2) and flattened (VCOP's retrieval feature);
         ``"conv2"`` .. ``"conv4"``: that block's output, global-average-pooled."""
-        if feature not in FEATURES:
-            raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
+        check_feature(feature)
         device = next(self.backbone.parameters()).device
         self.backbone.eval()
         x = to_input(self.clips(video, clips).to(device), self.info.modality)

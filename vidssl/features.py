@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .atomic import write_atomic
-from .backbones import FEATURES, clip_feature
+from .backbones import check_feature, clip_feature
 from .checkpoint import EncoderInfo, load_encoder
 from .data.loading import FailureLog
 from .data.loading import loader as data_loader
@@ -49,8 +49,7 @@ def extract_features(
     that block's output, global-average-pooled (backbones.clip_feature). Every video is counted:
     the loader never drops a last partial batch. A video that fails to decode is left out with a
     warning and removed from ``dataset`` (``dataset.forget``), so its records match the rows."""
-    if feature not in FEATURES:
-        raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
+    check_feature(feature)
     backbone.eval().to(device)
     if channels_last:  # 1.1-1.2x faster inference on CPU (bench/train_step.py)
         backbone.to(memory_format=torch.channels_last_3d)

@@ -61,8 +61,7 @@ def linear_probe(
     (``progress``: a bar over its function evaluations, at most 1.25 x ``steps``)."""
     from tqdm import tqdm
 
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
-    x, xt = (train - mean) / std, (test - mean) / std
+    x, xt = normalise(train, test, "standardize")
     w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
     b = torch.zeros(num_classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")

@@ -119,14 +119,19 @@ def retrieval_feature(conv5: torch.Tensor) -> torch.Tensor:
 FEATURES = ("pooled", "vcop", "conv2", "conv3", "conv4")
 
 
+def check_feature(kind: str) -> None:
+    """Refuse a feature name clip_feature does not know (before any video is read)."""
+    if kind not in FEATURES:
+        raise ValueError(f"unknown feature {kind!r}; choose one of {', '.join(FEATURES)}")
+
+
 def clip_feature(model: nn.Module, x: torch.Tensor, kind: str = "pooled") -> torch.Tensor:
     """``(B, D)`` features of a batch of clips.
 
     ``pooled``: conv5 global-average-pooled (the backbone's output); ``vcop``: conv5 max-pooled
     (retrieval_feature); ``conv2`` .. ``conv4``: that block's map, global-average-pooled, the network
     stopped there. Earlier blocks are less specific to the pretext (docs/weizmann.md measures them)."""
-    if kind not in FEATURES:
-        raise ValueError(f"unknown feature {kind!r}; choose one of {', '.join(FEATURES)}")
+    check_feature(kind)
     if kind in ("pooled", "vcop"):
         fmap = model.forward_features(x)
         return retrieval_feature(fmap) if kind == "vcop" else fmap.mean(dim=(2, 3, 4))
