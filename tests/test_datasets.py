@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from vidssl.data.datasets import detect_kind, load_dataset, ucf101, video_folder
 from vidssl.data.sampling import ClipTuple, RandomClip, UniformClips
-from vidssl.data.synth import CLASSES, split_test_groups
+from vidssl.data.splits import SplitError
+from vidssl.data.synth import CLASSES, split_test_groups, split_train_groups
 from vidssl.data.transforms import train_transform
 
 
@@ -38,6 +39,23 @@ def test_ucf101_grouping_of_test_splits():
     assert split_test_groups(25, 1) == list(range(1, 8))
     assert split_test_groups(25, 2) == list(range(8, 15))
     assert split_test_groups(25, 3) == list(range(15, 22))
+
+
+def test_the_embedded_validation_split_never_holds_a_split1_test_group(tiny_synth, tmp_path):
+    """Split 4 is where the demo's settings may be chosen: split 2's test block, trained on the groups
+    outside blocks 1 and 2, so none of split 1's test groups is in it, not even as training videos."""
+    assert split_test_groups(25, 4) == list(range(8, 15)) and split_train_groups(25, 4) == list(range(15, 26))
+    assert split_train_groups(25, 1) == list(range(8, 26))
+    tr, te = ucf101(tiny_synth, 4, "train"), ucf101(tiny_synth, 4, "test")  # 3 groups: tests g02, trains g03
+    split1_test = {r.group for r in ucf101(tiny_synth, 1, "test").records}
+    assert {r.group for r in te.records} == {"g02"} and {r.group for r in tr.records} == {"g03"}
+    assert not split1_test & ({r.group for r in tr.records} | {r.group for r in te.records})
+    lists = tmp_path / "ucfTrainTestlist"  # a real UCF101 has no split 4: said, not a missing-file trace
+    lists.mkdir()
+    for name in ("classInd.txt", "trainlist01.txt", "testlist01.txt"):
+        (lists / name).write_text(open(os.path.join(tiny_synth, "ucfTrainTestlist", name)).read())
+    with pytest.raises(SplitError, match="no trainlist04.txt; split 4 .* exists only in the embedded dataset"):
+        ucf101(os.path.join(tiny_synth, "UCF-101"), 4, "train", splits_dir=str(lists))
 
 
 def test_clips_have_the_asked_shape_and_are_deterministic(tiny_synth):

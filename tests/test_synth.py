@@ -11,7 +11,7 @@ from vidssl.data.video import probe, read_frames
 
 def test_videos_are_real_files_in_ucf101_layout(tiny_synth):
     lists = sorted(os.listdir(os.path.join(tiny_synth, "ucfTrainTestlist")))
-    assert lists == ["classInd.txt"] + [f"{s}list0{k}.txt" for s in ("test", "train") for k in (1, 2, 3)]
+    assert lists == ["classInd.txt"] + [f"{s}list0{k}.txt" for s in ("test", "train") for k in (1, 2, 3, 4)]
     first = open(os.path.join(tiny_synth, "ucfTrainTestlist", "classInd.txt")).read().splitlines()
     assert first == ["1 MoveLeft", "2 MoveRight", "3 Jump"]
     path = os.path.join(tiny_synth, "UCF-101", "Jump", "v_Jump_g02_c01.avi")

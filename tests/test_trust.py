@@ -348,6 +348,23 @@ def test_a_child_that_missed_the_signal_goes_with_its_command(tmp_path):
         pytest.fail(f"child {child} outlived its command")
 
 
+def test_a_pool_that_ends_its_workers_prints_no_stop(tmp_path):
+    """A process pool ends its workers with SIGTERM when its work is done (`vidssl synth` and
+    `preprocess` use one); a worker inherits the command's handler at fork, and printed "vidssl
+    synth: terminated" under a run that succeeded. Only the command itself reports a stop."""
+    script = tmp_path / "cmd.py"
+    script.write_text(
+        "import multiprocessing, time\n"
+        "from vidssl.errors import signals_end_the_command\n"
+        "with signals_end_the_command('synth'):\n"
+        "    with multiprocessing.get_context('fork').Pool(2) as pool:\n"
+        "        print(sum(pool.map(abs, range(-4, 4))), flush=True)\n"
+        "    time.sleep(0.5)\n"  # the workers' SIGTERM lands while the block still holds
+    )
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout.strip(), p.stderr) == (0, "16", "")
+
+
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_during_pretraining_with_workers_then_resume(tiny_synth, tmp_path, sig, code, word):
     out = str(tmp_path / "p")

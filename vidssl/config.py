@@ -39,6 +39,7 @@ from .fields import (  # noqa: F401  (check_ranges, to_plain, ... are used throu
     RotationSet,
     Schedule,
     Size,
+    Split,
     Subset,
     TaskName,
     TriState,
@@ -96,7 +97,7 @@ class LoopOptions:
 @dataclass(kw_only=True)
 class DataOptions:
     kind: Kind = "auto"  # dataset layout (auto: detected from the folder)
-    split: Annotated[int, Range(1, 6, words="must be 1, 2 or 3 (manifest datasets: 4-6 are validation splits)")] = 1  # official split (UCF101/HMDB51)
+    split: Split = 1  # official split (UCF101/HMDB51: 1-3); 4: a validation split inside split 1 (embedded dataset; manifests: 4-6)
     cache: str | None = None  # frame cache from `vidssl preprocess` (the frame size then comes from it)
     frame_size: Size = None  # HxW frames are resized to; unset: the paper's for the task, or the cache's
     crop: Annotated[int, Range(8)] = 112  # square crop side fed to the network
@@ -256,7 +257,7 @@ class EvalPretextConfig(RuntimeOptions):
     out: str = "runs/eval-pretext"  # output folder: pretext.csv, pretext.json
     overwrite: bool = False  # OUT holds results of other settings: move them aside to OUT.old-N (else refused)
     kind: Kind = "auto"  # dataset layout
-    split: Annotated[int, Range(1, 6, words="must be 1, 2 or 3 (manifest datasets: 4-6 are validation splits)")] = 1  # official split
+    split: Split = 1  # official split (UCF101/HMDB51: 1-3); 4: a validation split inside split 1 (embedded dataset; manifests: 4-6)
     subset: Subset = "test"  # which videos
     cache: str | None = None  # frame cache (else frames are resized as in pretraining)
     draws: Positive[int] = 1  # random draws (rotations, orders, clips) per video
@@ -304,7 +305,7 @@ class PreprocessConfig:
 class StatsConfig:
     dataset: Dataset = field(kw_only=False)  # dataset folder
     kind: Kind = "auto"  # layout of the dataset
-    split: Annotated[int, Range(1, 6, words="must be 1, 2 or 3 (manifest datasets: 4-6 are validation splits)")] = 1  # official split (UCF101/HMDB51: 1, 2 or 3)
+    split: Split = 1  # official split (UCF101/HMDB51: 1-3); 4: a validation split inside split 1 (embedded dataset; manifests: 4-6)
     cache: str | None = None  # frame cache made by `vidssl preprocess` (else videos are probed)
     clip_length: Positive[int] = 16  # frames a clip needs; shorter videos are counted as too short
 

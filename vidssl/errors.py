@@ -77,11 +77,14 @@ def signals_end_the_command(name: str):
         return
     resume = " (--resume continues from its last checkpoint)" if name in ("pretrain", "finetune") else ""
     codes = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+    owner = os.getpid()
 
     def handler(signum, frame):
         import multiprocessing
 
         code, word = codes[signum]
+        if os.getpid() != owner:  # a forked worker inherited this: a pool ending it is no stop of the command
+            os._exit(code)
         sys.stderr.write(f"\nvidssl {name}: {word}{resume}\n")
         sys.stderr.flush()
         # Workers first: one stuck in a lock it inherited at fork would never see its parent go

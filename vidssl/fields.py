@@ -103,8 +103,14 @@ Modality = Literal["rgb", "dif"]
 TaskName = Literal["rotation", "clip_order", "joint", "random_labels"]
 RotationSet = Literal["0,90", "0,90,180", "90,180,270", "0,90,180,270", "8way", "360"]
 Block = Literal["none", "conv2", "conv3", "conv4", "conv5", "all"]
-FeatureKind = Literal["vcop", "pooled", "conv2", "conv3", "conv4"]
+FeatureKind = Literal["pooled", "vcop", "conv2", "conv3", "conv4"]  # backbones.clip_feature computes each
 Subset = Literal["train", "test"]
+# UCF101/HMDB51 have splits 1-3; a manifest dataset's 4-6 and the embedded dataset's 4 are validation
+# splits inside a test split's training groups (persons), where settings are chosen.
+Split = Annotated[
+    int,
+    Range(1, 6, words="must be 1, 2 or 3 (4: the embedded or a manifest dataset's validation split; manifests: 4-6)"),
+]
 
 
 # ---------------------------------------------------------------------------------------------

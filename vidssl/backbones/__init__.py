@@ -11,12 +11,15 @@ Every backbone takes clips ``(B, 3, T, H, W)`` and returns a pooled feature ``(B
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from ..fields import FeatureKind
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -116,7 +119,7 @@ def retrieval_feature(conv5: torch.Tensor) -> torch.Tensor:
     return F.max_pool3d(conv5, kernel_size=(1, 2, 2)).flatten(1)
 
 
-FEATURES = ("pooled", "vcop", "conv2", "conv3", "conv4")
+FEATURES = typing.get_args(FeatureKind)  # the names the configs accept, written once in fields
 
 
 def check_feature(kind: str) -> None:

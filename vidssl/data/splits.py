@@ -69,8 +69,13 @@ def read_ucf101_split(splits_dir: str, split: int, subset: str) -> tuple[list[st
     A malformed line, a class missing from classInd.txt, a label that disagrees with it or a path
     leaving the dataset folder rejects that line only (a long run should not die of one bad
     line); a file with no usable line at all is an error."""
-    if split not in (1, 2, 3) or subset not in ("train", "test"):
+    if split not in (1, 2, 3, 4) or subset not in ("train", "test"):
         raise SplitError(f"UCF101 has splits 1, 2, 3 and subsets train/test, not split {split} {subset!r}")
+    if split == 4 and not os.path.isfile(os.path.join(splits_dir, f"{subset}list04.txt")):
+        raise SplitError(
+            f"{splits_dir}: no {subset}list04.txt; split 4 (a validation split inside split 1's training"
+            " groups) exists only in the embedded dataset (vidssl synth): use split 1, 2 or 3"
+        )
     classes = read_ucf101_classes(splits_dir)
     # Folder and list spell one class "HandstandPushups", file names "HandStandPushups": match loosely.
     by_lower = {c.lower(): i for i, c in enumerate(classes)}

@@ -45,10 +45,17 @@ CLASSES = {
 
 
 def split_test_groups(num_groups: int, split: int) -> list[int]:
-    """1-based test groups of split 1..3: UCF101's 1-7, 8-14, 15-21, scaled to the group count."""
+    """1-based test groups of split 1..3: UCF101's 1-7, 8-14, 15-21, scaled to the group count; split
+    4, split 1's validation split: block 2 (8-14), trained on 15-25 (no split-1 test group at all)."""
     block = max(1, round(num_groups * 7 / 25))
-    start = (split - 1) * block
+    start = (min(split, 3) - 1 if split < 4 else 1) * block
     return [g + 1 for g in range(start, min(start + block, num_groups))]
+
+
+def split_train_groups(num_groups: int, split: int) -> list[int]:
+    """1-based training groups of split 1..4: every group not tested (split 4: nor split 1's test groups)."""
+    held = set(split_test_groups(num_groups, split)) | (set(split_test_groups(num_groups, 1)) if split == 4 else set())
+    return [g for g in range(1, num_groups + 1) if g not in held]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,11 +358,12 @@ def write_splits(out: str, cfg: SynthConfig) -> None:
     names = list(CLASSES)[: cfg.classes]
     with open(os.path.join(d, "classInd.txt"), "w") as f:
         f.writelines(f"{i + 1} {n}\n" for i, n in enumerate(names))
-    for split in (1, 2, 3):
+    for split in (1, 2, 3, 4):  # 4: split 1's validation split (split_test_groups), UCF101 has no such file
         test = set(g - 1 for g in split_test_groups(cfg.groups, split))
+        train = set(g - 1 for g in split_train_groups(cfg.groups, split))
         train_lines, test_lines = [], []
         for c in range(cfg.classes):
-            for g in range(cfg.groups):
+            for g in sorted(test | train):
                 for k in range(cfg.clips):
                     rel = video_name(c, g, k)
                     (test_lines.append(f"{rel}\n") if g in test else train_lines.append(f"{rel} {c + 1}\n"))
