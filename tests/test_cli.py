@@ -44,8 +44,11 @@ BAD_ARGS = [
     (["pretrain", "{d}", "--crop", "64", "--frame-size", "32x32"], "--crop 64 is larger than the frames (32x32)"),
     (["pretrain", "{d}", "--backbone", "resnet50"], "unknown backbone 'resnet50'; choose one of c3d, r3d_10"),
     (["pretrain", "{d}", "--task", "colour"], "invalid choice: 'colour' (choose from 'rotation', 'clip_order'"),
-    (["pretrain", "{d}", "--split", "7"], "--split must be 1, 2 or 3 (manifest datasets: 4-6 are validation splits)"),
-    (["pretrain", "{d}", "--split", "4"], "UCF101 has splits 1, 2, 3"),  # 4-6: manifest datasets only
+    (
+        ["pretrain", "{d}", "--split", "7"],
+        "--split must be 1, 2 or 3 (validation splits: 4 in the embedded dataset, 4-6 in a manifest dataset)",
+    ),
+    (["pretrain", "{d}", "--split", "5"], "UCF101 has splits 1, 2, 3"),  # 4-6: manifests; 4: the embedded set
     (["pretrain", "{d}", "--kind", "ucf102"], "invalid choice: 'ucf102' (choose from 'auto', 'ucf101'"),
     (["pretrain", "{d}", "--task", "clip_order", "--num-clips", "9"], "--num-clips must be 2 to 5, not 9"),
     (["pretrain", "{d}", "--cache", "{d}/nowhere"], "not a frame cache"),
@@ -56,7 +59,7 @@ BAD_ARGS = [
     (["finetune", "{d}", "--init", "{d}/missing.json"], "missing.json: checkpoint not found"),
     (["finetune", "{d}", "--seeds", "a,b"], "--seeds takes comma-separated integers"),
     (["retrieve", "{d}", "--clips", "-2"], "--clips must be positive, not -2"),
-    (["retrieve", "{d}", "--feature", "fc7"], "invalid choice: 'fc7' (choose from 'vcop', 'pooled', 'conv2'"),
+    (["retrieve", "{d}", "--feature", "fc7"], "invalid choice: 'fc7' (choose from 'pooled', 'vcop', 'conv2'"),
     (["retrieve", "{d}", "--bogus", "3"], "unrecognized arguments: --bogus 3"),
     (["finetune"], "the following arguments are required: DATASET"),
     (["visualize", "kernels", "{d}/missing.json"], "missing.json: checkpoint not found"),

@@ -139,3 +139,16 @@ def test_stages_run_per_split_and_seed_and_gain_rows_pair_runs(tmp_path, monkeyp
     R.reproduce(dataclasses.replace(cfg, seeds="0,1,2"))
     ran = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[weizmann]")]
     assert len(ran) == len(stages) and all(line.split(":")[0].endswith("seed 2") for line in ran)
+
+
+def test_a_stage_starts_from_the_best_or_the_last_weights_of_its_own_split_and_seed(tmp_path):
+    """`init: STAGE` is the checkpoint its validation loss picked; `STAGE/last` the last step's, for a
+    validation set of a few videos whose loss picks by noise (Weizmann clip order: step 64 of 300)."""
+    cfg = ReproduceConfig("weizmann", out=str(tmp_path))
+    done = {("pre", s, k): {"folder": f"/runs/pre-{s}-{k}", "checkpoint": f"/runs/pre-{s}-{k}/checkpoints/best.json"}
+            for s in (4, 5) for k in (0, 1)}  # fmt: skip
+    stage = {"name": "knn", "command": "probe", "dataset": "weizmann", "init": "pre", "config": {"k": 5}}
+    data = {"weizmann": str(tmp_path)}
+    assert R.stage_config(cfg, stage, 5, 1, data, done).init == "/runs/pre-5-1/checkpoints/best.json"
+    last = R.stage_config(cfg, dict(stage, init="pre/last"), 5, 1, data, done)
+    assert (last.init, last.split, last.seed) == ("/runs/pre-5-1/checkpoints/last.json", 5, 1)

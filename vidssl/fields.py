@@ -109,7 +109,7 @@ Subset = Literal["train", "test"]
 # splits inside a test split's training groups (persons), where settings are chosen.
 Split = Annotated[
     int,
-    Range(1, 6, words="must be 1, 2 or 3 (4: the embedded or a manifest dataset's validation split; manifests: 4-6)"),
+    Range(1, 6, words="must be 1, 2 or 3 (validation splits: 4 in the embedded dataset, 4-6 in a manifest dataset)"),
 ]
 
 

@@ -135,12 +135,16 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, don
             values["cache"] = cache
     if "gallery" in stage:
         values["gallery"] = data[stage["gallery"]]
-    init = stage.get("init")  # scratch, random, a pretraining stage (its best checkpoint) or STAGE/checkpoints
+    init = stage.get(
+        "init"
+    )  # scratch, random, a pretraining stage (its best checkpoint), STAGE/last or STAGE/checkpoints
     if init:
         if init in ("scratch", "random"):
             source = init
         elif init.endswith("/checkpoints"):  # every checkpoint it kept (eval-pretext series)
             source = os.path.join(_earlier(done, init.split("/")[0], split, seed)["folder"], "checkpoints")
+        elif init.endswith("/last"):  # its last step's weights: not picked by a validation loss of a few videos
+            source = os.path.join(_earlier(done, init.split("/")[0], split, seed)["folder"], "checkpoints", "last.json")
         elif "@" in init:  # STAGE@F: the checkpoint it kept at fraction F of its steps (Fig. 4b)
             name, frac = init.split("@")
             entry = _earlier(done, name, split, seed)
