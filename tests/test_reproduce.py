@@ -152,3 +152,20 @@ def test_a_stage_starts_from_the_best_or_the_last_weights_of_its_own_split_and_s
     assert R.stage_config(cfg, stage, 5, 1, data, done).init == "/runs/pre-5-1/checkpoints/best.json"
     last = R.stage_config(cfg, dict(stage, init="pre/last"), 5, 1, data, done)
     assert (last.init, last.split, last.seed) == ("/runs/pre-5-1/checkpoints/last.json", 5, 1)
+
+
+def test_the_time_estimate_follows_a_fine_tuning_to_the_network_it_starts_from(tiny_synth, tmp_path, monkeypatch):
+    """A fine-tuning that starts from STAGE/last (or STAGE@F) is timed on that pretraining's network,
+    as one from STAGE is (it was timed on the default full-width network: 1.43 s a step, not 0.08)."""
+    pre = {"task": "clip_order", "backbone": "r3d_10", "width": 0.25, "clip_length": 8, "iters": 4}
+    ft = {"backbone": None, "width": None, "iters": 4, "epochs": None}
+    inits = ("pre", "pre/last", "pre@0.5")
+    stages = [{"name": "pre", "command": "pretrain", "dataset": "ucf101", "config": pre}] + [
+        {"name": f"ft{i}", "command": "finetune", "dataset": "ucf101", "init": init, "config": ft}
+        for i, init in enumerate(inits)
+    ]
+    timed = []
+    monkeypatch.setattr(E, "seconds_per_clip", lambda c, command: timed.append((c.backbone, c.width)) or 0.1)
+    cfg = ReproduceConfig("x", out=str(tmp_path / "out"))
+    E.expected_time(cfg, {"stages": stages}, {"ucf101": tiny_synth})
+    assert timed == [("r3d_10", 0.25)] * 2  # one measurement for the pretraining, one shared by all three fine-tunings

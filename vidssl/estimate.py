@@ -55,7 +55,7 @@ def expected_time(cfg: ReproduceConfig, recipe: dict, data: dict) -> float:
     seconds per clip x clips per step x steps (steps from the video files counted, about)."""
     from .data.datasets import video_root
     from .data.video import list_videos
-    from .reproduce import _main, runs, stage_config
+    from .reproduce import _main, init_stage, runs, stage_config
 
     counts, measured, total, rows = {}, {}, 0.0, []
     by_name = {s["name"]: s for s in recipe["stages"]}
@@ -65,9 +65,9 @@ def expected_time(cfg: ReproduceConfig, recipe: dict, data: dict) -> float:
         stage_cfg = stage_config(cfg, stage, *runs(cfg, stage)[0], data, _Placeholder())
         if stage["command"] == "pretrain":
             stage_cfg = C.resolve_pretrain(stage_cfg)
-        elif stage.get("init") in by_name:  # fine-tuning follows the network it starts from
-            first = runs(cfg, by_name[stage["init"]])[0]
-            pre = C.resolve_pretrain(stage_config(cfg, by_name[stage["init"]], *first, data, _Placeholder()))
+        elif init_stage(stage.get("init")) in by_name:  # fine-tuning follows the network it starts from
+            source = by_name[init_stage(stage["init"])]  # (also from STAGE/last or STAGE@F)
+            pre = C.resolve_pretrain(stage_config(cfg, source, *runs(cfg, source)[0], data, _Placeholder()))
             stage_cfg = dataclasses.replace(stage_cfg, backbone=pre.backbone, width=pre.width,
                                             clip_length=pre.clip_length, modality=pre.modality)  # fmt: skip
         root = stage_cfg.dataset

@@ -118,6 +118,13 @@ def _earlier(done: dict, name: str, split, seed) -> dict:
     return done[(name, split, seed)]  # a KeyError (or the time estimate's placeholder)
 
 
+def init_stage(init: str | None) -> str | None:
+    """The earlier stage an ``init`` names (STAGE, STAGE/last, STAGE/checkpoints, STAGE@F), or None."""
+    if init in (None, "scratch", "random"):
+        return None
+    return init.split("@")[0].split("/")[0]
+
+
 def stage_config(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, done: dict):
     """The typed config a stage runs with: preset, the recipe's values, data, scale, runtime."""
     command = stage["command"]
@@ -135,19 +142,18 @@ def stage_config(cfg: ReproduceConfig, stage: dict, split, seed, data: dict, don
             values["cache"] = cache
     if "gallery" in stage:
         values["gallery"] = data[stage["gallery"]]
-    init = stage.get(
-        "init"
-    )  # scratch, random, a pretraining stage (its best checkpoint), STAGE/last or STAGE/checkpoints
+    # scratch, random, a pretraining stage (its best checkpoint), STAGE/last or STAGE/checkpoints
+    init = stage.get("init")
     if init:
         if init in ("scratch", "random"):
             source = init
-        elif init.endswith("/checkpoints"):  # every checkpoint it kept (eval-pretext series)
-            source = os.path.join(_earlier(done, init.split("/")[0], split, seed)["folder"], "checkpoints")
-        elif init.endswith("/last"):  # its last step's weights: not picked by a validation loss of a few videos
-            source = os.path.join(_earlier(done, init.split("/")[0], split, seed)["folder"], "checkpoints", "last.json")
+        elif init.endswith(("/checkpoints", "/last")):
+            source = os.path.join(_earlier(done, init_stage(init), split, seed)["folder"], "checkpoints")
+            if init.endswith("/last"):  # its last step's weights: not picked by a validation loss of a few videos
+                source = os.path.join(source, "last.json")  # (/checkpoints: every one it kept, eval-pretext)
         elif "@" in init:  # STAGE@F: the checkpoint it kept at fraction F of its steps (Fig. 4b)
-            name, frac = init.split("@")
-            entry = _earlier(done, name, split, seed)
+            frac = init.split("@")[1]
+            entry = _earlier(done, init_stage(init), split, seed)
             step = round(float(frac) * entry.get("steps", 0))
             source = os.path.join(entry["folder"], "checkpoints", f"step{step:07d}.json")
         else:

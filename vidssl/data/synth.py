@@ -48,7 +48,7 @@ def split_test_groups(num_groups: int, split: int) -> list[int]:
     """1-based test groups of split 1..3: UCF101's 1-7, 8-14, 15-21, scaled to the group count; split
     4, split 1's validation split: block 2 (8-14), trained on 15-25 (no split-1 test group at all)."""
     block = max(1, round(num_groups * 7 / 25))
-    start = (min(split, 3) - 1 if split < 4 else 1) * block
+    start = (split - 1 if split < 4 else 1) * block  # split 4 tests on block 2
     return [g + 1 for g in range(start, min(start + block, num_groups))]
 
 
