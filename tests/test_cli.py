@@ -116,6 +116,10 @@ def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
     }
     assert set(report["retrieval"]) >= {"random", "rotation", "clip order"}
     assert set(report["pretext"]) == {"rotation", "clip-order"}
+    import yaml
+
+    lrs = {d: yaml.safe_load(open(out / "finetune" / d / "config.yaml"))["lr"] for d in os.listdir(out / "finetune")}
+    assert lrs.pop("clip_order-all") == 1e-3 and set(lrs.values()) == {3e-3}  # as chosen on split 4 (demo.FT_LR)
     md = open(out / "report.md").read()
     page = open(out / "report.html").read()
     for title in ("Pretext accuracy", "Fine-tuning", "Retrieval", "Run time"):
