@@ -139,6 +139,12 @@ def test_stages_run_per_split_and_seed_and_gain_rows_pair_runs(tmp_path, monkeyp
     R.reproduce(dataclasses.replace(cfg, seeds="0,1,2"))
     ran = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[weizmann]")]
     assert len(ran) == len(stages) and all(line.split(":")[0].endswith("seed 2") for line in ran)
+    # A part of it (`--stages`): read back, nothing runs, and its table says it is a part.
+    part = R.reproduce(dataclasses.replace(cfg, seeds="0,1,2", stages="probe-rotation"))
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("[weizmann]")]
+    assert part["title"].endswith("(only the stages pretrain-rotation, probe-rotation)")
+    assert {r["row"] for r in part["rows"]} == {r["row"] for r in rows if r["stage"] == "probe-rotation"
+                                                and "minus" not in r}  # fmt: skip
 
 
 def test_a_stage_starts_from_the_best_or_the_last_weights_of_its_own_split_and_seed(tmp_path):
@@ -169,3 +175,24 @@ def test_the_time_estimate_follows_a_fine_tuning_to_the_network_it_starts_from(t
     cfg = ReproduceConfig("x", out=str(tmp_path / "out"))
     E.expected_time(cfg, {"stages": stages}, {"ucf101": tiny_synth})
     assert timed == [("r3d_10", 0.25)] * 2  # one measurement for the pretraining, one shared by all three fine-tunings
+
+
+def test_stages_selects_a_part_of_a_recipe_with_what_it_starts_from():
+    """`--stages A,B` runs A, B and the stages they start from (transitively, also through
+    STAGE/last), in the recipe's order; the table keeps the rows whose stages (and `minus`) ran."""
+    full = R.recipes()["weizmann-validation"]
+    part = R.select_stages(full, "finetune-order-900-lr1e-3, knn-order-900-last")
+    assert [s["name"] for s in part["stages"]] == ["pretrain-order-900", "knn-order-900-last",
+                                                   "finetune-order-900-lr1e-3"]  # fmt: skip
+    kept = {s["name"] for s in part["stages"]}
+    assert part["rows"] and all(r["stage"] in kept and r.get("minus", r["stage"]) in kept for r in part["rows"])
+    gains = [r for r in full["rows"] if r["stage"] == "finetune-order-900-lr1e-3" and "minus" in r]
+    assert gains and not any(r in part["rows"] for r in gains)  # their scratch stages did not run
+    both = R.select_stages(full, "finetune-order-900-lr1e-3,finetune-scratch-lr1e-3")
+    assert sum(r["stage"] == "finetune-order-900-lr1e-3" and "minus" in r for r in both["rows"]) == 1
+    assert R.select_stages(full, None) is full
+    fusion = R.select_stages(R.recipes()["3drotnet-table7"], "fusion-hmdb51")  # a fusion reads two fine-tunings
+    assert [s["name"] for s in fusion["stages"]] == ["pretrain-rgb", "pretrain-dif", "rgb-hmdb51", "dif-hmdb51",
+                                                     "fusion-hmdb51"]  # fmt: skip
+    with pytest.raises(ValueError, match="no stage finetune-nope in this recipe; it has pretrain-order"):
+        R.select_stages(full, "finetune-nope")

@@ -381,6 +381,7 @@ class ReproduceConfig:
     scale: Literal["full", "smoke"] = "full"  # full: the paper's protocol (GPU, real data); smoke: the same stages at CPU size on the embedded dataset, in minutes
     out: str | None = None  # output folder: one folder per stage, table.md, table.json; unset: runs/reproduce/NAME[-smoke]
     seeds: str | None = None  # comma-separated seeds for every fine-tuning stage and every stage that runs per seed (the recipe's seeds: list); unset: the recipe's
+    stages: str | None = None  # comma-separated stage names: run only these and the earlier stages they start from (the table keeps the rows whose stages ran); unset: every stage
     device: Device = "auto"  # where the networks run
     list: bool = False  # list the recipes: what each reproduces and which datasets it needs
 

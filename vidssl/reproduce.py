@@ -16,6 +16,7 @@ pipeline, never the numbers, and its table says so.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import statistics
@@ -95,6 +96,27 @@ def _data_roots(cfg: ReproduceConfig, needs: list[str]) -> dict[str, str]:
     if missing:
         raise FileNotFoundError(f"{cfg.data}: the recipe needs {', '.join(missing)}")
     return found
+
+
+def select_stages(recipe: dict, names: str | None) -> dict:
+    """The recipe cut to the stages named (comma-separated) and the earlier ones they start from or
+    read (init, fuse's a and b, a picture's source); its rows, those whose stages all run."""
+    if not names:
+        return recipe
+    by_name = {s["name"]: s for s in recipe["stages"]}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise ValueError(f"--stages: no stage {', '.join(unknown)} in this recipe; it has {', '.join(by_name)}")
+    keep: set = set()
+    while wanted:
+        name = wanted.pop()
+        if name not in keep:
+            keep.add(name)
+            s = by_name[name]
+            wanted += [n for n in (init_stage(s.get("init")), s.get("a"), s.get("b"), s.get("source")) if n]
+    rows = [r for r in recipe["rows"] if r["stage"] in keep and r.get("minus", r["stage"]) in keep]
+    return dict(recipe, stages=[s for s in recipe["stages"] if s["name"] in keep], rows=rows)
 
 
 def runs(cfg: ReproduceConfig, stage: dict) -> list[tuple]:
@@ -215,33 +237,10 @@ def _metrics(command: str, result, folder: str) -> dict:
 
 
 def _run(command: str, stage_cfg):
-    if command == "pretrain":
-        from .pretrain import pretrain
-
-        return pretrain(stage_cfg)
-    if command == "finetune":
-        from .finetune import finetune
-
-        return finetune(stage_cfg)
-    if command == "retrieve":
-        from .retrieval import retrieve
-
-        return retrieve(stage_cfg)
-    if command == "eval-pretext":
-        from .eval_pretext import eval_pretext
-
-        return eval_pretext(stage_cfg)
-    if command == "visualize":
-        from .visualize import visualize
-
-        return visualize(stage_cfg)
-    if command == "probe":
-        from .probe import probe
-
-        return probe(stage_cfg)
-    from .fuse import fuse
-
-    return fuse(stage_cfg)
+    # pretrain, finetune, visualize, probe, fuse: the module and its function share the command's name
+    renamed = {"retrieve": ("retrieval", "retrieve"), "eval-pretext": ("eval_pretext", "eval_pretext")}
+    module, function = renamed.get(command, (command, command))
+    return getattr(importlib.import_module(f".{module}", __package__), function)(stage_cfg)
 
 
 def _differences(old: dict, new: dict, cls) -> list[str]:
@@ -347,7 +346,7 @@ def reproduce(cfg: ReproduceConfig) -> dict:
         return {"recipes": rows}
     if cfg.name not in all_recipes:
         raise ValueError(f"unknown recipe {cfg.name!r}; `vidssl reproduce --list` shows them")
-    recipe = all_recipes[cfg.name]
+    recipe = select_stages(all_recipes[cfg.name], cfg.stages)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process group for every stage
         from .runtime import init_distributed
 
@@ -368,6 +367,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     rows = table_rows(cfg, recipe, done)
     smoke = cfg.scale == "smoke"
     title = f"{recipe['paper']} {recipe['source']}: {recipe['title']}"
+    if cfg.stages:  # a part of the table: never to be taken for all of it
+        title += f" (only the stages {', '.join(s['name'] for s in recipe['stages'])})"
     if smoke:
         title = "SMOKE TEST on the embedded synthetic dataset, NOT a reproduction: " + title
     times = [{"stage": _run_name(key, " "), "seconds": e["seconds"]} for key, e in done.items()]
