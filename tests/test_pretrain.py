@@ -96,7 +96,9 @@ def test_grad_checkpointing_trains_the_same_weights(small_synth, tmp_path):
 
 @pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on CPU needs a C++ compiler")
 def test_compile_trains_the_same_weights_and_checkpoints_load_without_it(small_synth, tmp_path):
-    cfg = dict(FAST, batch_size=4, iters=3, lr=0.01, val_videos=0, workers=0)
+    # fp32: under bf16 autocast (the default on CPUs with AMX) eager and compiled kernels round
+    # differently and 3 steps drift 0.018 apart (measured on one such CPU), more than this test allows.
+    cfg = dict(FAST, batch_size=4, iters=3, lr=0.01, val_videos=0, workers=0, bf16=False)
     pretrain(PretrainConfig(small_synth, out=str(tmp_path / "eager"), **cfg))
     best = pretrain(PretrainConfig(small_synth, out=str(tmp_path / "compiled"), compile=True, **cfg))
     a = load_file(str(tmp_path / "eager" / "checkpoints" / "last.safetensors"))
