@@ -18,6 +18,7 @@ Paths:
 
     python bench/train_step.py [--backbones r3d_18,r3d_10] [--steps 3] [--device cuda]
                                [--paths reference,fp32-cl,fp32-cl+compile] [--json bench/results/train_step.json]
+    python bench/train_step.py --backbones r3d_10 --width 0.25 --clip 16x56x56 --batch 8   # the CPU recipes' size
 
 On a GPU (--device cuda, the default when one is there) the rows and peaks are the GPU's, timed
 with torch.cuda.synchronize.
@@ -42,7 +43,7 @@ from vidssl.report import format_table  # noqa: E402
 from vidssl.runtime import bf16_fast, pick_device  # noqa: E402
 
 SHAPE = (3, 16, 112, 112)
-BATCH, CLASSES = 8, 101
+BATCH, CLASSES, WIDTH = 8, 101, 1.0  # --clip, --batch and --width replace SHAPE, BATCH and WIDTH
 
 
 def sync(device: torch.device) -> None:
@@ -74,7 +75,7 @@ def device_name(device: torch.device) -> str:
 
 def model_and_head(name: str, channels_last: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    backbone = build(name)
+    backbone = build(name, WIDTH)
     model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, CLASSES))
     return model.to(memory_format=torch.channels_last_3d) if channels_last else model
 
@@ -137,7 +138,12 @@ def main():
     p.add_argument("--steps", type=int, default=2, help="timed steps per row (the fastest is kept)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when there")
     p.add_argument("--json", default="bench/results/train_step.json", help="where to write the results")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (the CPU recipes: 0.25)")
+    p.add_argument("--clip", default="16x112x112", help="frames x height x width of a clip")
+    p.add_argument("--batch", type=int, default=8, help="clips per step")
     args = p.parse_args()
+    global SHAPE, BATCH, WIDTH
+    SHAPE, BATCH, WIDTH = (3, *(int(v) for v in args.clip.split("x"))), args.batch, args.width
     device = pick_device(args.device)
     peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     chosen = "bf16-cl" if bf16_fast(device) else "fp32-cl"
@@ -169,7 +175,7 @@ def main():
                 )
                 print(f"{name} {rows[-1]['step']} {path}: {s:.2f} s/step", file=sys.stderr, flush=True)
     print(
-        f"batch {BATCH} x {SHAPE}; {device_name(device)}; "
+        f"batch {BATCH} x {SHAPE}, width {WIDTH:g}; {device_name(device)}; "
         f"torch {torch.__version__}; "
         f"matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
         f"default on this machine: {chosen}"
@@ -190,7 +196,8 @@ def main():
     print(format_table(rows, cols))
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"device": device_name(device), "peak_gflops": peak, "default": chosen, "rows": rows}, f, indent=1)
+        info = {"device": device_name(device), "clip": SHAPE, "batch": BATCH, "width": WIDTH, "peak_gflops": peak}
+        json.dump({**info, "default": chosen, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
