@@ -85,6 +85,30 @@ def test_resume_equals_an_uninterrupted_run(small_synth, tmp_path, task):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
 
 
+def test_a_run_resumed_in_another_precision_says_so(small_synth, tmp_path, monkeypatch, caplog):
+    """--bf16 unset picks by the machine: a run started where bf16 is faster (AMX, CUDA) and resumed
+    where it is not continues in fp32, and the log says it; --bf16 keeps its precision."""
+    from vidssl import runtime
+
+    cfg = dict(FAST, batch_size=4, lr=0.01, val_videos=0, workers=0, out=str(tmp_path / "run"))
+    monkeypatch.setattr(runtime, "bf16_fast", lambda device: True)  # the machine it started on
+    pretrain(PretrainConfig(small_synth, iters=2, **cfg))
+    assert json.load(open(tmp_path / "run" / "checkpoints" / "last.json"))["bf16"] is True
+    monkeypatch.setattr(runtime, "bf16_fast", lambda device: False)  # another machine
+    with caplog.at_level("WARNING", logger="vidssl"):
+        pretrain(PretrainConfig(small_synth, iters=3, resume=True, **cfg))
+    assert "trained in bf16; it continues in fp32 here (--bf16 keeps bf16)" in caplog.text
+    assert json.load(open(tmp_path / "run" / "checkpoints" / "last.json"))["bf16"] is False
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vidssl"):  # the same machine again: nothing to say
+        pretrain(PretrainConfig(small_synth, iters=4, resume=True, **cfg))
+    assert "resuming" in caplog.text and "continues in" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vidssl"):  # --bf16 on a resume is taken (as --device is), and said
+        pretrain(PretrainConfig(small_synth, iters=5, resume=True, **{**cfg, "bf16": True}))
+    assert "trained in fp32; it continues in bf16 here (--no-bf16 keeps fp32)" in caplog.text
+
+
 def test_grad_checkpointing_trains_the_same_weights(small_synth, tmp_path):
     cfg = dict(FAST, batch_size=4, iters=4, lr=0.01, val_videos=0)
     pretrain(PretrainConfig(small_synth, out=str(tmp_path / "plain"), **cfg))

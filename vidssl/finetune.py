@@ -224,6 +224,7 @@ def finetune_seed(cfg: FinetuneConfig, seed: int, rt: Runtime) -> dict:
         "source": source,
         "config": to_plain(cfg),
         "seed": seed,
+        "bf16": rt.bf16,  # the precision it trained in (a resume elsewhere says when it changes)
     }
     if rt.main and cfg.test_only:
         print(f"finetune seed {seed} | testing {cfg.init} | {len(test_set)} test videos | {rt.describe()}")

@@ -26,7 +26,7 @@ log = logging.getLogger("vidssl")
 # the continued run a different one than its checkpoints belong to.
 SAFE_ON_RESUME = frozenset(
     {"workers", "log_every", "ckpt_every", "keep_every", "progress", "tensorboard", "iters", "epochs",
-     "device", "compile", "grad_checkpointing", "channels_last", "resume", "overwrite", "out"}
+     "device", "bf16", "compile", "grad_checkpointing", "channels_last", "resume", "overwrite", "out"}
 )  # fmt: skip
 
 
