@@ -4,8 +4,10 @@ sharded, gathered in order), and preprocess --shard for a cluster job array. 2 C
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import torch
 from safetensors.torch import load_file
@@ -26,12 +28,16 @@ EVAL_PRETEXT = ["eval-pretext", "{c}", "{d}", "--batch-size", "4", "--no-progres
 EMBED = ["embed", "{c}", "{d}", "--clips", "2", "--no-progress", "--save-every", "2", "--no-bf16"]
 
 
+ABORT = "terminate called without an active exception"
+
+
 def run_under_torchrun(commands: list[list[str]], tmp_path) -> subprocess.CompletedProcess:
     """One 2-process torchrun that runs each vidssl command line in turn (one process group)."""
     script = tmp_path / "many.py"
     script.write_text(
         "import json, sys\nimport torch.distributed as dist\nfrom vidssl.cli import main\n"
         "for args in json.loads(sys.argv[1]):\n    assert main(args) == 0, args\n"
+        "    print('finished', args[0], file=sys.stderr, flush=True)\n"  # where a rank that aborts got to
         "if dist.is_initialized():\n    dist.destroy_process_group()\n"
     )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
@@ -55,10 +61,16 @@ def test_commands_under_torchrun_give_what_one_process_gives(tiny_synth, pretrai
     for args, name in evaluations:
         assert main(fill(args, one / name)) == 0
     capsys.readouterr()
-    r = run_under_torchrun(
-        [fill(FINETUNE, two / "ft") + ["--batch-size", "2"]] + [fill(args, two / name) for args, name in evaluations],
-        tmp_path,
-    )
+    commands = [fill(FINETUNE, two / "ft") + ["--batch-size", "2"]]
+    commands += [fill(args, two / name) for args, name in evaluations]
+    r = run_under_torchrun(commands, tmp_path)
+    if r.returncode != 0 and ABORT in r.stderr:
+        # Seen once in six runs on a 2-core Intel Xeon (2026-12-03): one rank aborted in C++ (SIGABRT,
+        # no Python traceback), as gloo's threads can at process teardown (pytorch/pytorch#190489).
+        # One more try tells that from a failure of ours; the warning keeps it in the test report.
+        warnings.warn(f"torchrun: a rank aborted ({ABORT!r}); ran again:\n{_failure(r)[-2000:]}", stacklevel=1)
+        shutil.rmtree(two)
+        r = run_under_torchrun(commands, tmp_path)
     assert r.returncode == 0, _failure(r)
     assert r.stdout.count("over 1 seed(s)") == 1 and r.stdout.count("linear probe top-1") == 1  # rank 0 alone prints
 
