@@ -279,9 +279,8 @@ def fit(
         if main and m.get("bf16") is not None and meta.get("bf16") is not None and m["bf16"] != meta["bf16"]:
             # --bf16 unset picks by the machine (bf16 with AMX or on CUDA): a run moved between machines
             # would otherwise continue in another precision without a word.
-            was, now = ("bf16", "fp32") if m["bf16"] else ("fp32", "bf16")
-            log.warning("%s.json trained in %s; it continues in %s here (--%sbf16 keeps %s)", last, was, now,
-                        "" if m["bf16"] else "no-", was)  # fmt: skip
+            was, now, keep = ("bf16", "fp32", "--bf16") if m["bf16"] else ("fp32", "bf16", "--no-bf16")
+            log.warning("%s.json trained in %s; it continues in %s here (%s keeps %s)", last, was, now, keep, was)
     train_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     writer = None
     if main and cfg.tensorboard:
